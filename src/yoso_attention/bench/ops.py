@@ -1,0 +1,93 @@
+"""Op benchmark: yoso_lsh and yoso_expectation against torch SDPA and the dense YOSO-E formula, one run.
+
+Setting of the project's targets: (batch, heads) = (1, 12), head dim 64, tau 9, m 32, fp32. SDPA gets
+4-D (batch, heads, n, d) tensors (on 3-D input torch takes a slower kernel, which would flatter us).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import yoso_expectation, yoso_lsh
+from .timing import measure
+
+DENSE_MAX_BYTES = 4 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this
+
+
+@dataclass
+class OpResult:
+    method: str
+    n: int
+    pass_: str  # "fwd" or "fwd+bwd"
+    seconds: float
+    peak_mb: float
+
+
+def dense_yoso_e(q, k, v, tau):
+    """The reference's formula as transformers computes it: (1 - arccos(Q K^T) / pi) ** tau V."""
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    return (1 - torch.acos(q @ k.transpose(-1, -2)) / math.pi) ** tau @ v
+
+
+def _methods(heads: int, d: int, num_hash: int, tau: int):
+    return {
+        "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+        "dense_yoso_e": lambda q, k, v: dense_yoso_e(q, k, v, tau),
+        "yoso_e": lambda q, k, v: yoso_expectation(q, k, v, hash_code_len=tau),
+        "yoso_lsh": lambda q, k, v: yoso_lsh(q, k, v, num_hash=num_hash, hash_code_len=tau),
+    }
+
+
+def run_op_benchmark(
+    lengths=(512, 1024, 2048, 4096, 8192, 16384),
+    heads: int = 12,
+    d: int = 64,
+    num_hash: int = 32,
+    tau: int = 9,
+    backward: bool = True,
+    repeats: int = 3,
+    progress=print,
+) -> list[OpResult]:
+    results = []
+    for n in lengths:
+        gen = torch.Generator().manual_seed(n)
+        q, k, v = (torch.randn(1, heads, n, d, generator=gen) for _ in range(3))
+        for name, fn in _methods(heads, d, num_hash, tau).items():
+            if name == "dense_yoso_e" and heads * n * n * 4 > DENSE_MAX_BYTES:
+                progress(f"n={n:6d} {name:13s} skipped: an n x n matrix needs {heads * n * n * 4 / 2**30:.1f} GB")
+                continue
+            passes = [("fwd", lambda: fn(q, k, v))]
+            if backward:
+                qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+                passes.append(("fwd+bwd", lambda qg=qg, kg=kg, vg=vg: fn(qg, kg, vg).sum().backward()))
+            for pass_name, call in passes:
+                with torch.set_grad_enabled(pass_name != "fwd"):
+                    sec, peak = measure(call, repeats=repeats)
+                results.append(OpResult(name, n, pass_name, sec, peak / 2**20))
+                progress(f"n={n:6d} {name:13s} {pass_name:8s} {sec * 1e3:10.1f} ms  peak {peak / 2**20:8.1f} MB")
+    return results
+
+
+def ratio_table(results: list[OpResult]) -> str:
+    """Markdown table: time, memory and speed-up of each method over SDPA and dense YOSO-E, per n and pass."""
+    by_key = {(r.method, r.n, r.pass_): r for r in results}
+    lines = [
+        "| n | pass | method | time (ms) | peak (MB) | vs SDPA | vs dense YOSO-E |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        sdpa, dense = by_key.get(("sdpa", r.n, r.pass_)), by_key.get(("dense_yoso_e", r.n, r.pass_))
+        vs_sdpa = f"{sdpa.seconds / r.seconds:.2f}x" if sdpa else "-"
+        vs_dense = f"{dense.seconds / r.seconds:.2f}x" if dense else "-"
+        lines.append(
+            f"| {r.n} | {r.pass_} | {r.method} | {r.seconds * 1e3:.1f} | {r.peak_mb:.0f} | {vs_sdpa} | {vs_dense} |"
+        )
+    return "\n".join(lines)
+
+
+def as_records(results: list[OpResult]) -> list[dict]:
+    return [asdict(r) for r in results]

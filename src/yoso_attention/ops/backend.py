@@ -1,0 +1,59 @@
+"""Which implementation runs an op: the numba CPU kernels when they can, portable torch otherwise.
+
+Numba ships as wheels (no compiler needed). If it cannot be imported, or ``YOSO_DISABLE_NUMBA=1`` is
+set, every op falls back to its torch implementation, and a one-line notice says so once. CUDA tensors
+always take the torch path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+_kernels: ModuleType | None = None
+_load_error: str | None = None
+_warned = False
+
+
+def _load() -> ModuleType | None:
+    global _kernels, _load_error
+    if _kernels is None and _load_error is None:
+        if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
+            _load_error = "disabled by YOSO_DISABLE_NUMBA"
+        else:
+            try:
+                from . import kernels_numba
+
+                _kernels = kernels_numba
+            except Exception as exc:  # ImportError, or numba failing on an unsupported platform
+                _load_error = f"{type(exc).__name__}: {exc}"
+    return _kernels
+
+
+def numba_kernels(*tensors: torch.Tensor) -> ModuleType | None:
+    """The numba kernel module if all tensors are on the CPU and numba is usable, else None."""
+    global _warned
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
+    kernels = _load()
+    if kernels is None and not _warned:
+        _warned = True
+        warnings.warn(f"yoso_attention: numba CPU kernels unavailable ({_load_error}); using torch ops", stacklevel=3)
+    return kernels
+
+
+def active_paths() -> dict[str, str]:
+    """Human-readable status of the fast paths (for ``yoso info``)."""
+    kernels = _load()
+    return {
+        "cpu": "numba kernels" if kernels is not None else f"torch fallback ({_load_error})",
+        "cuda": "torch ops" if torch.cuda.is_available() else "no CUDA device",
+    }
+
+
+def as_numpy(t: torch.Tensor):
+    """A C-contiguous numpy view (or copy) of a CPU tensor, detached from autograd."""
+    return t.detach().contiguous().numpy()

@@ -1,0 +1,145 @@
+"""Bucket tables: scatter keys into 2**tau buckets per hash, gather them back at the queries' codes.
+
+Internal layout: codes (B, m, n) int32, values (B, n, dv) float32, masks (B, n) bool. The numba kernels
+are the CPU path; the torch functions below are the portable path (CUDA, or CPU without numba) and use
+hash chunks so that their memory stays O(n * d) per chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import as_numpy, numba_kernels
+from .checks import check_codes, check_float, check_hash_params, check_mask
+
+_CHUNK_ELEMENTS = 1 << 24  # elements of the (B, n, hash chunk, dv) scratch in the torch path
+
+
+def _hash_chunk(n_b: int, n: int, width: int, m: int) -> int:
+    return max(1, min(m, _CHUNK_ELEMENTS // max(1, n_b * n * width)))
+
+
+def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
+    n_b, m, n_q = q_codes.shape
+    n_k, dv = v.shape[1], v.shape[2]
+    v = v * k_mask[..., None]
+    out = v.new_zeros(n_b, n_q, dv)
+    chunk = _hash_chunk(n_b, max(n_q, n_k), dv, m)
+    for h0 in range(0, m, chunk):
+        hc = min(chunk, m - h0)
+        offsets = torch.arange(hc, device=v.device)[:, None] * n_buckets  # (hc, 1)
+        k_idx = (k_codes[:, h0 : h0 + hc].long() + offsets).reshape(n_b, hc * n_k, 1)
+        q_idx = (q_codes[:, h0 : h0 + hc].long() + offsets).reshape(n_b, hc * n_q, 1)
+        src = v[:, None].expand(n_b, hc, n_k, dv).reshape(n_b, hc * n_k, dv)
+        table = v.new_zeros(n_b, hc * n_buckets, dv).scatter_add_(1, k_idx.expand(-1, -1, dv), src)
+        out += table.gather(1, q_idx.expand(-1, -1, dv)).view(n_b, hc, n_q, dv).sum(1)
+    return out * (q_mask[..., None] / m)
+
+
+def cumulate(q_codes, k_codes, v, q_mask, k_mask, n_buckets: int) -> torch.Tensor:
+    """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j; (B, L, dv) float32."""
+    kernels = numba_kernels(v)
+    if kernels is None:
+        return _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+    out = torch.empty(v.shape[0], q_codes.shape[2], v.shape[2], dtype=torch.float32)
+    arrays = [as_numpy(t) for t in (q_codes, k_codes, v, q_mask, k_mask)]
+    kernels.lsh_cumulation(*arrays, n_buckets, out.numpy())
+    return out
+
+
+def _weighted_torch(codes_out, codes_in, mask_out, mask_in, a_out, a_in, b_in, n_buckets) -> torch.Tensor:
+    """sum_h sum_j [collide] (a_out_i . a_in_j) b_in_j as a cumulation of the outer products a_in_j b_in_j^T,
+    in slices of a's dimension so that scratch stays O(n * slice * d)."""
+    n_b, n_in, da = a_in.shape
+    d = b_in.shape[2]
+    m = codes_out.shape[1]
+    out = b_in.new_zeros(n_b, codes_out.shape[2], d)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_b * n_in * d))
+    for l0 in range(0, da, step):
+        ls = slice(l0, min(da, l0 + step))
+        outer = (a_in[:, :, ls, None] * b_in[:, :, None, :]).reshape(n_b, n_in, -1)  # (B, S, l * d)
+        table = _cumulate_torch(codes_out, codes_in, outer, mask_out, mask_in, n_buckets)  # includes 1/m
+        out += torch.einsum("bil,bild->bid", a_out[:, :, ls], table.view(n_b, -1, ls.stop - l0, d))
+    return out * m
+
+
+def weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
+    """(dq, dk) with dq_i = sum_h sum_{j collides} (dout_i . v_j) kn_j and dk_j = sum_h sum_i (...) qn_i,
+    over unmasked pairs (no 1/m and no tau/2 factor)."""
+    kernels = numba_kernels(v)
+    if kernels is None:
+        dq = _weighted_torch(q_codes, k_codes, q_mask, k_mask, dout, v, kn, n_buckets)
+        dk = _weighted_torch(k_codes, q_codes, k_mask, q_mask, v, dout, qn, n_buckets)
+        return dq, dk
+    dq, dk = torch.zeros_like(qn), torch.zeros_like(kn)
+    arrays = [as_numpy(t) for t in (q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask)]
+    kernels.lsh_weighted_backward(*arrays, n_buckets, dq.numpy(), dk.numpy())
+    return dq, dk
+
+
+class _Cumulation(torch.autograd.Function):
+    """Differentiable in v only: codes are integers and masks are constants."""
+
+    @staticmethod
+    def forward(ctx, q_codes, k_codes, v, q_mask, k_mask, n_buckets):
+        ctx.save_for_backward(q_codes, k_codes, q_mask, k_mask)
+        ctx.n_buckets = n_buckets
+        return cumulate(q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
+        dv = cumulate(k_codes, q_codes, grad.float().contiguous(), k_mask, q_mask, ctx.n_buckets)
+        return None, None, dv, None, None, None
+
+
+def flat_mask(mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:
+    """(..., n) bool mask or None -> contiguous (B, n) bool."""
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool, device=device).reshape(-1, shape[-1])
+    return mask.reshape(-1, shape[-1]).contiguous()
+
+
+def lsh_cumulation(
+    q_codes: torch.Tensor,
+    k_codes: torch.Tensor,
+    v: torch.Tensor,
+    q_mask: torch.Tensor | None = None,
+    k_mask: torch.Tensor | None = None,
+    *,
+    hash_code_len: int,
+) -> torch.Tensor:
+    """Sampled YOSO attention from given hash codes, in O(m * n * d).
+
+    out_i = q_mask_i * (1/m) * sum_h sum_j k_mask_j * [q_codes[i, h] == k_codes[j, h]] * v_j
+
+    Args:
+        q_codes: (..., L, m) integer codes in [0, 2 ** hash_code_len).
+        k_codes: (..., S, m), same leading dims and m.
+        v: (..., S, dv) floating values (accumulated in fp32). Differentiable.
+        q_mask, k_mask: bool, True for real tokens, broadcastable to (..., L) and (..., S).
+        hash_code_len: tau, the number of bits of a code.
+
+    Returns:
+        (..., L, dv) in v's dtype.
+    """
+    check_hash_params(None, hash_code_len)
+    check_codes("q_codes", q_codes, hash_code_len)
+    check_codes("k_codes", k_codes, hash_code_len)
+    check_float("v", v)
+    lead, m = q_codes.shape[:-2], q_codes.shape[-1]
+    n_q, n_k = q_codes.shape[-2], k_codes.shape[-2]
+    if k_codes.shape[:-2] != lead or k_codes.shape[-1] != m:
+        raise ValueError(f"k_codes has shape {tuple(k_codes.shape)}, expected (*{tuple(lead)}, S, {m}) like q_codes")
+    if v.shape[:-1] != (*lead, n_k):
+        raise ValueError(f"v has shape {tuple(v.shape)}, expected (*{tuple(lead)}, {n_k}, dv) to match k_codes")
+    for name, t in (("q_codes", q_codes), ("k_codes", k_codes)):
+        if t.device != v.device:
+            raise ValueError(f"{name} is on {t.device}, expected v's device {v.device}")
+    q_mask = flat_mask(check_mask("q_mask", q_mask, (*lead, n_q), v.device), (*lead, n_q), v.device)
+    k_mask = flat_mask(check_mask("k_mask", k_mask, (*lead, n_k), v.device), (*lead, n_k), v.device)
+    qc = q_codes.reshape(-1, n_q, m).transpose(1, 2).to(torch.int32).contiguous()  # (B, m, L)
+    kc = k_codes.reshape(-1, n_k, m).transpose(1, 2).to(torch.int32).contiguous()  # (B, m, S)
+    v3 = v.reshape(-1, n_k, v.shape[-1]).float()
+    out = _Cumulation.apply(qc, kc, v3, q_mask, k_mask, 2**hash_code_len)
+    return out.reshape(*lead, n_q, v.shape[-1]).to(v.dtype)

@@ -1,0 +1,150 @@
+"""YOSO-E: the expectation of YOSO's sampled attention, computed exactly in query blocks.
+
+out_i = mask_i * sum_j mask_j * (1 - arccos(q^_i . k^_j) / pi) ** tau * v_j    (Zeng et al. 2021, eq. 4)
+
+O(n^2 d) time like softmax attention, but O(block * n) extra memory forward and backward: the n x n
+matrix is never formed. On CPU the elementwise part (arccos, power, gradient weights) runs fused in one
+numba pass per block, in cache, between two BLAS matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .backend import as_numpy, numba_kernels
+from .checks import check_hash_params, check_mask, check_qkv
+from .cumulation import flat_mask
+
+_BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
+EXACT_GRAD_EPS = 1e-6  # cos clamped to [-1 + eps, 1 - eps] in the exact derivative, singular at +-1
+
+
+def _block_rows(n_b: int, n_q: int, n_k: int) -> int:
+    return max(16, min(n_q, _BLOCK_ELEMENTS // max(1, n_b * n_k)))
+
+
+def _prob_torch(cos: torch.Tensor, tau: int) -> torch.Tensor:
+    return (1 - torch.acos(cos.clamp(-1.0, 1.0)) / math.pi) ** tau
+
+
+def collision_prob_(cos: torch.Tensor, k_mask: torch.Tensor, tau: int) -> torch.Tensor:
+    """In place where possible: cos (B, L, S) -> k_mask_j * (1 - arccos(cos) / pi) ** tau."""
+    kernels = numba_kernels(cos)
+    if kernels is None:
+        return _prob_torch(cos, tau) * k_mask[:, None, :]
+    kernels.collision_prob_(cos.numpy(), as_numpy(k_mask.float()), tau)
+    return cos
+
+
+def prob_and_weight_(cos, dov, k_mask, tau: int, exact: bool):
+    """cos -> P (masked collision probability); dov = dO V^T -> the weight W of the q/k gradients."""
+    kernels = numba_kernels(cos)
+    if kernels is not None:
+        kernels.collision_prob_and_weight_(
+            cos.numpy(), dov.numpy(), as_numpy(k_mask.float()), tau, exact, EXACT_GRAD_EPS
+        )
+        return cos, dov
+    km = k_mask[:, None, :]
+    prob = _prob_torch(cos, tau) * km
+    if exact:
+        c = cos.clamp(-1 + EXACT_GRAD_EPS, 1 - EXACT_GRAD_EPS)
+        base = 1 - torch.acos(cos.clamp(-1.0, 1.0)) / math.pi
+        deriv = tau * base ** (tau - 1) / (math.pi * torch.sqrt(1 - c * c))
+        return prob, dov * deriv * km
+    return prob, dov * (tau / 2) * prob
+
+
+def expectation_forward(qn, kn, v, q_mask, k_mask, tau: int) -> torch.Tensor:
+    """qn (B, L, d), kn (B, S, d) unit rows, v (B, S, dv) float32 -> (B, L, dv) float32."""
+    n_b, n_q, n_k = qn.shape[0], qn.shape[1], kn.shape[1]
+    out = v.new_empty(n_b, n_q, v.shape[2])
+    k_t = kn.transpose(1, 2)  # (B, d, S)
+    rows = _block_rows(n_b, n_q, n_k)
+    for i0 in range(0, n_q, rows):
+        cos = torch.bmm(qn[:, i0 : i0 + rows], k_t)  # (B, rows, S)
+        out[:, i0 : i0 + rows] = torch.bmm(collision_prob_(cos, k_mask, tau), v)
+    return out * q_mask[..., None]
+
+
+def expectation_backward(qn, kn, v, dout, q_mask, k_mask, tau: int, exact: bool):
+    """Gradients (w.r.t. qn, kn, v) of the blocked forward for output gradient dout (B, L, dv)."""
+    n_b, n_q, n_k = qn.shape[0], qn.shape[1], kn.shape[1]
+    dout = dout * q_mask[..., None]
+    dq = torch.empty_like(qn)
+    dk = torch.zeros_like(kn)
+    dv = torch.zeros_like(v)
+    k_t, v_t = kn.transpose(1, 2), v.transpose(1, 2)
+    rows = _block_rows(n_b, n_q, n_k)
+    for i0 in range(0, n_q, rows):
+        q_blk, do_blk = qn[:, i0 : i0 + rows], dout[:, i0 : i0 + rows]
+        prob, weight = prob_and_weight_(torch.bmm(q_blk, k_t), torch.bmm(do_blk, v_t), k_mask, tau, exact)
+        dq[:, i0 : i0 + rows] = torch.bmm(weight, kn)
+        dk.baddbmm_(weight.transpose(1, 2), q_blk)
+        dv.baddbmm_(prob.transpose(1, 2), do_blk)
+    return dq, dk, dv
+
+
+class _Expectation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qn, kn, v, q_mask, k_mask, tau, exact_grad):
+        ctx.save_for_backward(qn, kn, v, q_mask, k_mask)
+        ctx.tau, ctx.exact_grad = tau, exact_grad
+        return expectation_forward(qn, kn, v, q_mask, k_mask, tau)
+
+    @staticmethod
+    def backward(ctx, grad):
+        qn, kn, v, q_mask, k_mask = ctx.saved_tensors
+        dq, dk, dv = expectation_backward(qn, kn, v, grad.float().contiguous(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
+        return dq, dk, dv, None, None, None, None
+
+
+def prepare(q, k, v, mask):
+    """Validate, flatten leading dims and normalise: returns (qn, kn, v32, q_mask, k_mask) in (B, n, .)."""
+    check_qkv(q, k, v)
+    n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    q_shape = q.shape[:-1]
+    if mask is not None and n_q != n_k:
+        raise ValueError(f"mask needs q and k of one length (self-attention); got L={n_q} and S={n_k}")
+    mask = check_mask("mask", mask, q_shape, q.device)
+    q_mask = flat_mask(mask, q_shape, q.device)
+    k_mask = q_mask if mask is not None else flat_mask(None, k.shape[:-1], q.device)
+    qn = F.normalize(q.reshape(-1, n_q, d).float(), dim=-1)
+    kn = F.normalize(k.reshape(-1, n_k, d).float(), dim=-1)
+    return qn, kn, v.reshape(-1, n_k, v.shape[-1]).float(), q_mask, k_mask
+
+
+def yoso_expectation(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    hash_code_len: int = 9,
+    exact_grad: bool = False,
+) -> torch.Tensor:
+    """YOSO-E attention: collision-probability-weighted sums of values, exact and deterministic.
+
+    out_i = mask_i * sum_j mask_j * (1 - arccos(q^_i . k^_j) / pi) ** hash_code_len * v_j
+
+    No softmax, no 1/sqrt(d) scale, no row normalisation (as in the paper).
+
+    Args:
+        q: (..., L, d) queries; only directions matter (normalised inside).
+        k: (..., S, d) keys; same leading dims, dtype and device as q.
+        v: (..., S, dv) values.
+        mask: bool, True for real tokens, broadcastable to (..., L); applies to queries and keys (needs
+            L == S). Masked queries get exact zeros; masked keys contribute nothing.
+        hash_code_len: tau in [1, 20], the exponent of the collision probability.
+        exact_grad: differentiate p exactly (cos clamped to 1 - 1e-6 where dp/dcos is singular) instead of
+            the reference's surrogate dp/dcos ~ (tau / 2) * p.
+
+    Returns:
+        (..., L, dv) in v's dtype; computed in fp32. O(L * S * d) time, O(block * S) extra memory.
+    """
+    check_hash_params(None, hash_code_len)
+    qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
+    out = _Expectation.apply(qn, kn, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
+    return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

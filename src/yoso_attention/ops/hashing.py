@@ -1,0 +1,138 @@
+"""Sign-random-projection hashing (Charikar 2002) as used by YOSO (Zeng et al., ICML 2021, sec. 3).
+
+A tau-bit hash of x is the sign pattern of tau random projections; two vectors collide with probability
+(1 - angle / pi) ** tau. Two families:
+
+- Gaussian: P x with P (num_hash * tau, d) i.i.d. N(0, 1).
+- Fast (Hadamard): H D3 H D2 H D1 x with H the unnormalised Walsh-Hadamard transform of size d_pad (d
+  zero-padded to a power of two) and D1..D3 random +-1 diagonals. One draw ("part") gives
+  floor(d_pad / tau) hash functions; ceil(num_hash / that) parts are drawn.
+
+Random draws come from ``generator`` in a fixed order (one tensor per call), so the same generator state
+always gives the same codes, whichever entry point (``hash_codes`` or ``yoso_lsh``) drew them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import as_numpy, numba_kernels
+from .checks import check_float, check_hash_params
+
+
+def padded_dim(d: int) -> int:
+    return 1 << max(0, (d - 1).bit_length())
+
+
+def fast_hash_parts(d: int, num_hash: int, hash_code_len: int) -> int:
+    per_part = padded_dim(d) // hash_code_len
+    if per_part < 1:
+        raise ValueError(
+            f"fast_hash needs head dim d >= hash_code_len after padding to a power of two; got d={d} "
+            f"(padded {padded_dim(d)}) and hash_code_len={hash_code_len}; use fast_hash=False"
+        )
+    return -(-num_hash // per_part)
+
+
+def hadamard(size: int, device: torch.device) -> torch.Tensor:
+    """Unnormalised Walsh-Hadamard matrix: H[i, j] = (-1) ** popcount(i & j)."""
+    idx = torch.arange(size, device=device)
+    bits = idx[:, None] & idx[None, :]
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits = bits >> 1
+    return 1.0 - 2.0 * parity.float()
+
+
+def _codes_from_projections(proj: torch.Tensor, num_hash: int, tau: int) -> torch.Tensor:
+    """proj (B, n, >= num_hash * tau) -> codes (B, num_hash, n) int32."""
+    n_b, n, _ = proj.shape
+    bits = proj[..., : num_hash * tau].reshape(n_b, n, num_hash, tau) > 0  # (B, n, m, tau)
+    weights = torch.pow(2, torch.arange(tau, device=proj.device, dtype=torch.int32))
+    codes = (bits.to(torch.int32) * weights).sum(-1, dtype=torch.int32)  # (B, n, m)
+    return codes.transpose(1, 2).contiguous()
+
+
+def _fast_projection_matrix(signs: torch.Tensor, d: int, tau: int) -> torch.Tensor:
+    """The dense (B, d, parts * per_part * tau) matrix equal to x -> H D3 H D2 H D1 x on used coordinates."""
+    n_b, parts, _, d_pad = signs.shape
+    h = hadamard(d_pad, signs.device)
+    s1, s2, s3 = (signs[:, :, i, :, None] for i in range(3))  # (B, parts, d_pad, 1)
+    # Row-vector form: x^T M^T = x^T D1 H D2 H D3 H.
+    mat = s1 * (h @ (s2 * (h @ (s3 * h))))  # (B, parts, d_pad, d_pad)
+    used = (d_pad // tau) * tau
+    return mat[:, :, :d, :used].permute(0, 2, 1, 3).reshape(n_b, d, parts * used)
+
+
+def _draw(n_b: int, d: int, num_hash: int, tau: int, fast: bool, device, generator) -> torch.Tensor:
+    if fast:
+        shape = (n_b, fast_hash_parts(d, num_hash, tau), 3, padded_dim(d))
+        return torch.randint(0, 2, shape, generator=generator, device=device).float() * 2 - 1
+    return torch.randn((n_b, d, num_hash * tau), generator=generator, device=device)
+
+
+def _hash_one(x: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int, fast: bool) -> torch.Tensor:
+    """x (B, n, d) float32 -> codes (B, num_hash, n) int32."""
+    kernels = numba_kernels(x)
+    if kernels is not None and fast:
+        codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=torch.int32)
+        kernels.fast_hash_codes(as_numpy(x), as_numpy(randomness), num_hash, tau, codes.numpy())
+        return codes
+    proj_matrix = _fast_projection_matrix(randomness, x.shape[-1], tau) if fast else randomness
+    proj = torch.bmm(x, proj_matrix)  # (B, n, >= num_hash * tau)
+    if kernels is None:
+        return _codes_from_projections(proj, num_hash, tau)
+    codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=torch.int32)
+    kernels.sign_codes(proj.numpy(), num_hash, tau, codes.numpy())
+    return codes
+
+
+def hash_flat(
+    q: torch.Tensor, k: torch.Tensor, num_hash: int, tau: int, fast: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, L, d), k (B, S, d) -> codes (B, num_hash, L), (B, num_hash, S), int32, sharing one draw."""
+    randomness = _draw(q.shape[0], q.shape[-1], num_hash, tau, fast, q.device, generator)
+    q32, k32 = q.detach().float(), k.detach().float()
+    return _hash_one(q32, randomness, num_hash, tau, fast), _hash_one(k32, randomness, num_hash, tau, fast)
+
+
+def hash_codes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    num_hash: int,
+    hash_code_len: int,
+    fast_hash: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hash queries and keys with the same ``num_hash`` random ``hash_code_len``-bit hash functions.
+
+    Args:
+        q: (..., L, d) floating tensor. Only directions matter.
+        k: (..., S, d), same leading dims, dtype and device as ``q``.
+        num_hash: number of hash functions m >= 1.
+        hash_code_len: bits per code tau, in [1, 20].
+        fast_hash: Hadamard hash (needs padded d >= tau) instead of a Gaussian projection.
+        generator: source of the random hash functions; fresh ones on each call without it.
+
+    Returns:
+        (q_codes, k_codes): int32 tensors (..., L, m) and (..., S, m) with values in [0, 2 ** tau).
+        ``yoso_lsh`` with a generator in the same state uses exactly these codes.
+    """
+    check_float("q", q)
+    check_float("k", k)
+    check_hash_params(num_hash, hash_code_len)
+    if k.shape[:-2] != q.shape[:-2] or k.shape[-1] != q.shape[-1] or k.device != q.device:
+        raise ValueError(
+            f"k has shape {tuple(k.shape)} on {k.device}; expected (..., S, {q.shape[-1]}) with leading dims "
+            f"{tuple(q.shape[:-2])} on {q.device} like q"
+        )
+    lead, d = q.shape[:-2], q.shape[-1]
+    q_codes, k_codes = hash_flat(
+        q.reshape(-1, q.shape[-2], d), k.reshape(-1, k.shape[-2], d), num_hash, hash_code_len, fast_hash, generator
+    )
+    return (
+        q_codes.transpose(1, 2).reshape(*lead, q.shape[-2], num_hash),
+        k_codes.transpose(1, 2).reshape(*lead, k.shape[-2], num_hash),
+    )

@@ -1,0 +1,278 @@
+"""Numba CPU kernels: the fast path of the ops. Each has a portable torch twin in the op's own module.
+
+All arrays are C-contiguous numpy views of CPU tensors (float32 data, int32 codes, bool masks); every
+kernel is parallel over the flattened (batch x heads) axis ``B`` and keeps its working set (one hash
+table, one block of projections) in cache. Codes are laid out (B, num_hash, n) so that one hash function
+is a contiguous row.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_HASH_BLOCK = 256  # rows of x transformed together: (d_pad, 256) floats stay in L2 and vectorise over rows
+
+# Abramowitz & Stegun 4.4.46: acos(x) = sqrt(1 - x) * poly(x) on [0, 1], |error| <= 2e-8.
+_ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046,
+         0.0308918810, -0.0170881256, 0.0066700901, -0.0012624911)  # fmt: skip
+
+
+@njit(inline="always", fastmath=True)
+def _fwht_rows(buf, d_pad, cnt):
+    """In-place unnormalised Walsh-Hadamard transform along axis 0 of buf[:, :cnt]."""
+    h = 1
+    while h < d_pad:
+        for a in range(0, d_pad, 2 * h):
+            for r in range(a, a + h):
+                for i in range(cnt):
+                    x = buf[r, i]
+                    y = buf[r + h, i]
+                    buf[r, i] = x + y
+                    buf[r + h, i] = x - y
+        h *= 2
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def fast_hash_codes(x, signs, num_hash, tau, codes):
+    """codes[b, h, i] = tau-bit sign code of (H D3 H D2 H D1 x_i) for hash h of x (B, n, d).
+
+    signs: (B, parts, 3, d_pad) of +-1; part p gives hashes p*per_part ... from coordinates g*tau ...
+    """
+    n_b, n, d = x.shape
+    d_pad = signs.shape[3]
+    per_part = d_pad // tau
+    n_blocks = (n + _HASH_BLOCK - 1) // _HASH_BLOCK
+    for t in prange(n_b * n_blocks):
+        b = t // n_blocks
+        i0 = (t % n_blocks) * _HASH_BLOCK
+        cnt = min(n, i0 + _HASH_BLOCK) - i0
+        buf = np.zeros((d_pad, _HASH_BLOCK), dtype=np.float32)
+        acc = np.empty(_HASH_BLOCK, dtype=np.int32)
+        for p in range(signs.shape[1]):
+            for c in range(d_pad):
+                s = signs[b, p, 0, c]
+                if c < d:
+                    for i in range(cnt):
+                        buf[c, i] = x[b, i0 + i, c] * s
+                else:
+                    for i in range(cnt):
+                        buf[c, i] = 0.0
+            for stage in range(1, 3):
+                _fwht_rows(buf, d_pad, cnt)
+                for c in range(d_pad):
+                    s = signs[b, p, stage, c]
+                    for i in range(cnt):
+                        buf[c, i] *= s
+            _fwht_rows(buf, d_pad, cnt)
+            for g in range(per_part):
+                h = p * per_part + g
+                if h >= num_hash:
+                    break
+                for i in range(cnt):
+                    acc[i] = 0
+                for bit in range(tau):
+                    row = g * tau + bit
+                    for i in range(cnt):
+                        acc[i] |= np.int32(buf[row, i] > 0) << bit
+                for i in range(cnt):
+                    codes[b, h, i0 + i] = acc[i]
+
+
+@njit(parallel=True, cache=True)
+def sign_codes(proj, num_hash, tau, codes):
+    """codes[b, h, i] = sum_bit [proj[b, i, h * tau + bit] > 0] << bit, for projections (B, n, >= m * tau)."""
+    n_b, n, _ = proj.shape
+    for t in prange(n_b * n):
+        b = t // n
+        i = t % n
+        for h in range(num_hash):
+            code = 0
+            for bit in range(tau):
+                if proj[b, i, h * tau + bit] > 0:
+                    code |= 1 << bit
+            codes[b, h, i] = code
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def lsh_cumulation(q_codes, k_codes, v, q_mask, k_mask, n_buckets, out):
+    """out[b, i] = q_mask[b, i] / m * sum_h T_h[q_codes[b, h, i]], T_h[c] = sum of unmasked v_j with code c."""
+    n_b, m, n_q = q_codes.shape
+    n_k = k_codes.shape[2]
+    dv = v.shape[2]
+    scale = np.float32(1.0 / m)
+    for b in prange(n_b):
+        table = np.empty((n_buckets, dv), dtype=np.float32)
+        acc = np.zeros((n_q, dv), dtype=np.float32)
+        for h in range(m):
+            table[:] = 0.0
+            for j in range(n_k):
+                if k_mask[b, j]:
+                    c = k_codes[b, h, j]
+                    for l in range(dv):
+                        table[c, l] += v[b, j, l]
+            for i in range(n_q):
+                c = q_codes[b, h, i]
+                for l in range(dv):
+                    acc[i, l] += table[c, l]
+        for i in range(n_q):
+            s = scale if q_mask[b, i] else np.float32(0.0)
+            for l in range(dv):
+                out[b, i, l] = acc[i, l] * s
+
+
+@njit(inline="always")
+def _bucket_sort(codes_row, mask_row, n_buckets, start, order):
+    """Counting sort of the unmasked indices by code: bucket c holds order[start[c]:start[c+1]]."""
+    start[:] = 0
+    for i in range(codes_row.shape[0]):
+        if mask_row[i]:
+            start[codes_row[i] + 1] += 1
+    for c in range(n_buckets):
+        start[c + 1] += start[c]
+    fill = start[:-1].copy()
+    for i in range(codes_row.shape[0]):
+        if mask_row[i]:
+            c = codes_row[i]
+            order[fill[c]] = i
+            fill[c] += 1
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets, dq, dk):
+    """Accumulate, over hashes and colliding unmasked pairs (i, j): w = dout_i . v_j,
+    dq_i += w * kn_j, dk_j += w * qn_i.
+
+    Per bucket it takes the cheaper of two exact forms: the pairwise sum (cost ~ nq * nk * (dv + 2d)) or
+    the outer-product form dq_i += A dout_i, A = sum_j kn_j v_j^T (cost ~ (nq + nk) * d * dv), so a hash
+    table whose buckets are crowded never degrades to quadratic time.
+    """
+    n_b, m, n_q = q_codes.shape
+    n_k = k_codes.shape[2]
+    d = qn.shape[2]
+    dv = v.shape[2]
+    for b in prange(n_b):
+        q_start = np.zeros(n_buckets + 1, dtype=np.int64)
+        k_start = np.zeros(n_buckets + 1, dtype=np.int64)
+        q_order = np.empty(n_q, dtype=np.int64)
+        k_order = np.empty(n_k, dtype=np.int64)
+        a_mat = np.empty((d, dv), dtype=np.float32)
+        b_mat = np.empty((d, dv), dtype=np.float32)
+        for h in range(m):
+            _bucket_sort(q_codes[b, h], q_mask[b], n_buckets, q_start, q_order)
+            _bucket_sort(k_codes[b, h], k_mask[b], n_buckets, k_start, k_order)
+            for c in range(n_buckets):
+                nq = q_start[c + 1] - q_start[c]
+                nk = k_start[c + 1] - k_start[c]
+                if nq == 0 or nk == 0:
+                    continue
+                if nq * nk * (dv + 2 * d) <= 2 * (nq + nk) * d * dv:
+                    for ii in range(q_start[c], q_start[c + 1]):
+                        i = q_order[ii]
+                        for jj in range(k_start[c], k_start[c + 1]):
+                            j = k_order[jj]
+                            w = np.float32(0.0)
+                            for l in range(dv):
+                                w += dout[b, i, l] * v[b, j, l]
+                            for l in range(d):
+                                dq[b, i, l] += w * kn[b, j, l]
+                                dk[b, j, l] += w * qn[b, i, l]
+                else:
+                    a_mat[:] = 0.0
+                    b_mat[:] = 0.0
+                    for jj in range(k_start[c], k_start[c + 1]):
+                        j = k_order[jj]
+                        for r in range(d):
+                            for l in range(dv):
+                                a_mat[r, l] += kn[b, j, r] * v[b, j, l]
+                    for ii in range(q_start[c], q_start[c + 1]):
+                        i = q_order[ii]
+                        for r in range(d):
+                            for l in range(dv):
+                                b_mat[r, l] += qn[b, i, r] * dout[b, i, l]
+                    for ii in range(q_start[c], q_start[c + 1]):
+                        i = q_order[ii]
+                        for r in range(d):
+                            s = np.float32(0.0)
+                            for l in range(dv):
+                                s += a_mat[r, l] * dout[b, i, l]
+                            dq[b, i, r] += s
+                    for jj in range(k_start[c], k_start[c + 1]):
+                        j = k_order[jj]
+                        for r in range(d):
+                            s = np.float32(0.0)
+                            for l in range(dv):
+                                s += b_mat[r, l] * v[b, j, l]
+                            dk[b, j, r] += s
+
+
+@njit(inline="always", fastmath=True)
+def _prob_base_row(cos_row, base):
+    """base[j] = 1 - acos(cos_row[j]) / pi, branch-free so that it vectorises (A&S 4.4.46)."""
+    for j in range(cos_row.shape[0]):
+        x = cos_row[j]
+        ax = min(abs(x), np.float32(1.0))
+        p = np.float32(_ACOS[7])
+        p = p * ax + np.float32(_ACOS[6])
+        p = p * ax + np.float32(_ACOS[5])
+        p = p * ax + np.float32(_ACOS[4])
+        p = p * ax + np.float32(_ACOS[3])
+        p = p * ax + np.float32(_ACOS[2])
+        p = p * ax + np.float32(_ACOS[1])
+        p = p * ax + np.float32(_ACOS[0])
+        r = math.sqrt(np.float32(1.0) - ax) * p * np.float32(1.0 / math.pi)  # acos(|x|) / pi
+        base[j] = np.float32(1.0) - r if x >= 0 else r
+
+
+@njit(inline="always", fastmath=True)
+def _pow_row(base, e, out):
+    """out[j] = base[j] ** e for an integer e >= 0, one vectorised sweep per multiplication."""
+    for j in range(base.shape[0]):
+        out[j] = np.float32(1.0)
+    for _ in range(e):
+        for j in range(base.shape[0]):
+            out[j] *= base[j]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def collision_prob_(cos, k_mask, tau):
+    """In place: cos (B, L, S) -> k_mask * (1 - acos(clamp(cos)) / pi) ** tau; k_mask float (B, S)."""
+    n_b, n_l, n_s = cos.shape
+    for t in prange(n_b * n_l):
+        b = t // n_l
+        i = t % n_l
+        base = np.empty(n_s, dtype=np.float32)
+        _prob_base_row(cos[b, i], base)
+        _pow_row(base, tau, cos[b, i])
+        for j in range(n_s):
+            cos[b, i, j] *= k_mask[b, j]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def collision_prob_and_weight_(cos, dov, k_mask, tau, exact, eps):
+    """In place, for the YOSO-E backward: cos -> P = masked collision probability, dov (= dO V^T) -> W.
+
+    W = dov * (tau / 2) * P (the reference's surrogate) or dov * dP/dcos (exact; cos clamped to
+    [-1 + eps, 1 - eps] where the derivative is singular). k_mask is float (B, S).
+    """
+    n_b, n_l, n_s = cos.shape
+    half_tau = np.float32(tau / 2.0)
+    for t in prange(n_b * n_l):
+        b = t // n_l
+        i = t % n_l
+        base = np.empty(n_s, dtype=np.float32)
+        low = np.empty(n_s, dtype=np.float32)
+        _prob_base_row(cos[b, i], base)
+        _pow_row(base, tau - 1, low)
+        if exact:
+            for j in range(n_s):
+                c = min(max(cos[b, i, j], np.float32(-1.0) + eps), np.float32(1.0) - eps)
+                dp = tau * low[j] / (np.float32(math.pi) * math.sqrt(np.float32(1.0) - c * c))
+                dov[b, i, j] *= dp * k_mask[b, j]
+        else:
+            for j in range(n_s):
+                dov[b, i, j] *= half_tau * low[j] * base[j] * k_mask[b, j]
+        for j in range(n_s):
+            cos[b, i, j] = low[j] * base[j] * k_mask[b, j]

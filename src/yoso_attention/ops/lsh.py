@@ -1,0 +1,83 @@
+"""YOSO: attention by LSH Bernoulli sampling in linear time (Zeng et al., ICML 2021, Alg. 1).
+
+With m hash functions h shared by queries and keys,
+    out_i = mask_i * (1/m) * sum_h sum_j mask_j * [h(q_i) = h(k_j)] * v_j,
+an unbiased estimate of YOSO-E computed through one table of 2**tau buckets per hash: O(m n d) time,
+O(n d + 2**tau d) memory. Backward (lsh_backward=True) reuses the forward's codes:
+    dV = cumulation with queries and keys swapped,
+    dQ_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j,  dK likewise,
+again without any n x n matrix; lsh_backward=False uses the dense YOSO-E gradient instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_hash_params
+from .cumulation import cumulate, weighted_backward
+from .expectation import expectation_backward, prepare
+from .hashing import hash_flat
+
+
+class _LSHCumulation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qn, kn, v, q_codes, k_codes, q_mask, k_mask, tau, lsh_backward):
+        ctx.save_for_backward(qn, kn, v, q_codes, k_codes, q_mask, k_mask)
+        ctx.tau, ctx.lsh_backward = tau, lsh_backward
+        return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau)
+
+    @staticmethod
+    def backward(ctx, grad):
+        qn, kn, v, q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
+        tau, grad = ctx.tau, grad.float().contiguous()
+        if not ctx.lsh_backward:
+            dq, dk, dv = expectation_backward(qn, kn, v, grad, q_mask, k_mask, tau, exact=False)
+            return dq, dk, dv, None, None, None, None, None, None
+        dv = cumulate(k_codes, q_codes, grad, k_mask, q_mask, 2**tau)
+        dq, dk = weighted_backward(q_codes, k_codes, qn, kn, v, grad, q_mask, k_mask, 2**tau)
+        scale = tau / (2 * q_codes.shape[1])
+        return dq * scale, dk * scale, dv, None, None, None, None, None, None
+
+
+def yoso_lsh(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    num_hash: int = 64,
+    hash_code_len: int = 9,
+    fast_hash: bool = True,
+    lsh_backward: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """YOSO sampling attention in linear time: an unbiased estimate of ``yoso_expectation``.
+
+    out_i = mask_i * (1/m) * sum_h sum_j mask_j * [h(q_i) == h(k_j)] * v_j over m = num_hash random
+    hash_code_len-bit hash functions h shared by queries and keys.
+
+    Args:
+        q: (..., L, d) queries; only directions matter (normalised inside).
+        k: (..., S, d) keys; same leading dims, dtype and device as q.
+        v: (..., S, dv) values.
+        mask: bool, True for real tokens, broadcastable to (..., L); applies to queries and keys (needs
+            L == S). Masked queries get exact zeros; masked keys are in no bucket.
+        num_hash: m >= 1; the estimate's error falls like 1/sqrt(m).
+        hash_code_len: tau in [1, 20]; 2**tau buckets per hash.
+        fast_hash: Hadamard hash (needs d >= tau after padding d to a power of two) instead of Gaussian.
+        lsh_backward: linear-time sampled gradients (True) or the dense YOSO-E gradients (False).
+        generator: source of the hash functions; fresh ones on each call without it. The codes used are
+            exactly those ``hash_codes(q, k, ..., generator=g)`` returns for ``g`` in the same state.
+
+    Returns:
+        (..., L, dv) in v's dtype; computed in fp32. O(m * (L + S) * d) time and O(n * d) extra memory,
+        forward and backward (lsh_backward=True).
+    """
+    check_hash_params(num_hash, hash_code_len)
+    qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
+    d = q.shape[-1]
+    q_codes, k_codes = hash_flat(
+        q.reshape(-1, q.shape[-2], d), k.reshape(-1, k.shape[-2], d), num_hash, hash_code_len, fast_hash, generator
+    )
+    out = _LSHCumulation.apply(qn, kn, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
+    return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)
