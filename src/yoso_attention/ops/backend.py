@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import torch
@@ -16,6 +18,7 @@ import torch
 _kernels: ModuleType | None = None
 _load_error: str | None = None
 _warned = False
+_torch_only = False
 
 
 def _load() -> ModuleType | None:
@@ -36,13 +39,24 @@ def _load() -> ModuleType | None:
 def numba_kernels(*tensors: torch.Tensor) -> ModuleType | None:
     """The numba kernel module if all tensors are on the CPU and numba is usable, else None."""
     global _warned
-    if any(t.device.type != "cpu" for t in tensors):
+    if _torch_only or any(t.device.type != "cpu" for t in tensors):
         return None
     kernels = _load()
     if kernels is None and not _warned:
         _warned = True
         warnings.warn(f"yoso_attention: numba CPU kernels unavailable ({_load_error}); using torch ops", stacklevel=3)
     return kernels
+
+
+@contextmanager
+def torch_only() -> Iterator[None]:
+    """Run the ops on their portable torch path inside this block (to compare the two paths)."""
+    global _torch_only
+    previous, _torch_only = _torch_only, True
+    try:
+        yield
+    finally:
+        _torch_only = previous
 
 
 def active_paths() -> dict[str, str]:

@@ -1,0 +1,167 @@
+"""The YOSO encoder: embeddings, YOSO self-attention and post-LayerNorm transformer layers.
+
+Module and parameter names are those of transformers' modeling_yoso, so checkpoints load both ways.
+Attention goes through ``yoso_attention.ops``: padding masks are honoured (outputs on real tokens equal
+the unpadded run), and sampling mode runs anywhere in linear time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ...ops import hash_codes, yoso_expectation, yoso_lsh
+from ...ops.reference import expectation_matrix, sampled_collision_matrix
+from .configuration_yoso import YosoConfig
+
+
+class YosoEmbeddings(nn.Module):
+    """word + position (rows 2 .. n+1, RoBERTa style) + token type, then LayerNorm and dropout."""
+
+    def __init__(self, config: YosoConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings + 2, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)) + 2, persistent=False
+        )
+        self.register_buffer("token_type_ids", torch.zeros_like(self.position_ids), persistent=False)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)  # (batch, n, hidden)
+        batch, n = inputs_embeds.shape[:2]
+        if position_ids is None:
+            position_ids = self.position_ids[:, :n]
+        if token_type_ids is None:
+            token_type_ids = self.token_type_ids[:, :n].expand(batch, n)
+        embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class YosoSelfAttention(nn.Module):
+    """q, k, v projections; YOSO-E or LSH-sampled cumulation; per-head output normalisation; optional conv."""
+
+    def __init__(self, config: YosoConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.config = config
+        if config.conv_window is not None:
+            self.conv = nn.Conv2d(
+                config.num_attention_heads,
+                config.num_attention_heads,
+                kernel_size=(config.conv_window, 1),
+                padding=(config.conv_window // 2, 0),
+                bias=False,
+                groups=config.num_attention_heads,
+            )
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n, _ = x.shape
+        return x.view(batch, n, self.num_heads, self.head_dim).transpose(1, 2)  # (batch, heads, n, head_dim)
+
+    def forward(self, hidden_states, mask=None, output_attentions=False):
+        """hidden_states (batch, n, hidden); mask (batch, n) bool or None (no padding)."""
+        q = self._split_heads(self.query(hidden_states))
+        k = self._split_heads(self.key(hidden_states))
+        v = self._split_heads(self.value(hidden_states))
+        head_mask = None if mask is None else mask[:, None, :]  # (batch, 1, n)
+        cfg = self.config
+        weights = None
+        if cfg.use_expectation:
+            context = yoso_expectation(q, k, v, head_mask, hash_code_len=cfg.hash_code_len)
+            if output_attentions:
+                weights = expectation_matrix(q, k, head_mask, hash_code_len=cfg.hash_code_len, surrogate_grad=False)
+        else:
+            # One seed from the global RNG: torch.manual_seed reproduces a run, and gradient checkpointing
+            # (which restores the RNG state) recomputes with the same hash functions.
+            seed = int(torch.randint(0, 2**62, (1,)))
+            hash_kw = dict(num_hash=cfg.num_hash, hash_code_len=cfg.hash_code_len, fast_hash=cfg.use_fast_hash)
+            generator = torch.Generator(device=q.device).manual_seed(seed)
+            context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward, generator=generator, **hash_kw)
+            if output_attentions:
+                generator = torch.Generator(device=q.device).manual_seed(seed)
+                q_codes, k_codes = hash_codes(q, k, generator=generator, **hash_kw)
+                weights = sampled_collision_matrix(q_codes, k_codes, head_mask, head_mask)
+        context = F.normalize(context, p=2, dim=-1)  # (batch, heads, n, head_dim)
+        if cfg.conv_window is not None:
+            masked_v = v if mask is None else v * mask[:, None, :, None]
+            context = context + self.conv(masked_v)
+        batch, n = hidden_states.shape[:2]
+        return context.transpose(1, 2).reshape(batch, n, -1), weights
+
+
+class YosoResidualOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(x + residual): both the attention output and the FFN output."""
+
+    def __init__(self, config: YosoConfig, in_features: int):
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, residual):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class YosoAttention(nn.Module):
+    def __init__(self, config: YosoConfig):
+        super().__init__()
+        self.self = YosoSelfAttention(config)
+        self.output = YosoResidualOutput(config, config.hidden_size)
+
+    def forward(self, hidden_states, mask=None, output_attentions=False):
+        context, weights = self.self(hidden_states, mask, output_attentions)
+        return self.output(context, hidden_states), weights
+
+
+class YosoIntermediate(nn.Module):
+    def __init__(self, config: YosoConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states):
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class YosoLayer(GradientCheckpointingLayer):
+    def __init__(self, config: YosoConfig):
+        super().__init__()
+        self.attention = YosoAttention(config)
+        self.intermediate = YosoIntermediate(config)
+        self.output = YosoResidualOutput(config, config.intermediate_size)
+
+    def forward(self, hidden_states, mask=None, output_attentions=False):
+        attention_output, weights = self.attention(hidden_states, mask, output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), weights
+
+
+class YosoEncoder(nn.Module):
+    def __init__(self, config: YosoConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([YosoLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, mask=None, output_attentions=False, output_hidden_states=False):
+        """Returns (last hidden state, hidden states tuple or None, attentions tuple or None)."""
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layer:
+            hidden_states, weights = layer(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden_states, all_hidden, all_attentions

@@ -1,0 +1,147 @@
+import pytest
+import torch
+
+from tests.conftest import rel_err
+from yoso_attention.ops import hash_codes, lsh_cumulation, yoso_expectation, yoso_lsh
+from yoso_attention.ops.reference import sampled_collision_matrix, yoso_lsh_reference
+
+SIZES = [(1, 8), (7, 24), (63, 64), (1000, 100)]
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("lsh_backward", [True, False], ids=["lshbwd", "densebwd"])
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("n,d", SIZES, ids=[f"n{n}-d{d}" for n, d in SIZES])
+def test_forward_backward_match_dense_reference(n, d, dtype, masked, fast_hash, lsh_backward, backend):
+    tau, m = 6, 8
+    q, k, v = (torch.randn(2, 2, n, d).to(dtype).requires_grad_() for _ in range(3))
+    mask = (torch.rand(2, 1, n) > 0.3) if masked else None
+    out = yoso_lsh(q, k, v, mask, num_hash=m, hash_code_len=tau, fast_hash=fast_hash,
+                   lsh_backward=lsh_backward, generator=gen())  # fmt: skip
+    q_codes, k_codes = hash_codes(q, k, num_hash=m, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = yoso_lsh_reference(q64, k64, v64, q_codes, k_codes, mask, hash_code_len=tau, lsh_backward=lsh_backward)
+    assert out.dtype == dtype and out.shape == v.shape
+    assert rel_err(out, ref) < TOL[dtype]
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
+    want = torch.autograd.grad(ref, (q64, k64, v64), grad)
+    for name, g, w in zip("qkv", got, want):
+        assert rel_err(g, w) < TOL[dtype] * 5, name
+
+
+def test_crowded_buckets_use_outer_product_form_exactly(backend):
+    # tau = 1 puts about half of all keys in each bucket, so the kernel takes its d x d form.
+    q, k, v = (torch.randn(1, 300, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = yoso_lsh(q.float(), k.float(), v.float(), num_hash=3, hash_code_len=1, generator=gen())
+    q_codes, k_codes = hash_codes(q.float(), k.float(), num_hash=3, hash_code_len=1, generator=gen())
+    ref = yoso_lsh_reference(q, k, v, q_codes, k_codes, hash_code_len=1)
+    grad = torch.randn_like(ref)
+    for g, w in zip(torch.autograd.grad(out, (q, k, v), grad.float()), torch.autograd.grad(ref, (q, k, v), grad)):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_lsh_cumulation_matches_definition(backend):
+    q_codes = torch.randint(0, 16, (3, 50, 5))
+    k_codes = torch.randint(0, 16, (3, 70, 5))
+    v = torch.randn(3, 70, 7, requires_grad=True)
+    q_mask, k_mask = torch.rand(3, 50) > 0.2, torch.rand(3, 70) > 0.2
+    out = lsh_cumulation(q_codes, k_codes, v, q_mask, k_mask, hash_code_len=4)
+    ref = sampled_collision_matrix(q_codes, k_codes, q_mask, k_mask) @ v
+    assert rel_err(out, ref) < 1e-6
+    grad = torch.randn_like(out)
+    assert rel_err(torch.autograd.grad(out, v, grad)[0], torch.autograd.grad(ref, v, grad)[0]) < 1e-6
+
+
+def test_generator_reproduces_and_shares_codes_with_hash_codes():
+    q, k, v = torch.randn(2, 30, 16), torch.randn(2, 30, 16), torch.randn(2, 30, 16)
+    a = yoso_lsh(q, k, v, num_hash=4, hash_code_len=5, generator=gen(3))
+    b = yoso_lsh(q, k, v, num_hash=4, hash_code_len=5, generator=gen(3))
+    c = yoso_lsh(q, k, v, num_hash=4, hash_code_len=5, generator=gen(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    q_codes, k_codes = hash_codes(q, k, num_hash=4, hash_code_len=5, generator=gen(3))
+    assert q_codes.shape == (2, 30, 4) and q_codes.dtype == torch.int32
+    assert int(q_codes.min()) >= 0 and int(q_codes.max()) < 32
+    assert torch.equal(a, lsh_cumulation(q_codes, k_codes, v, hash_code_len=5))
+    # Fresh hash functions on each call without a generator.
+    assert not torch.equal(yoso_lsh(q, k, v, num_hash=4, hash_code_len=5), yoso_lsh(q, k, v, num_hash=4, hash_code_len=5))
+
+
+def test_queries_and_keys_get_their_own_codes():
+    q, k = torch.randn(1, 64, 16), torch.randn(1, 64, 16)
+    q_codes, k_codes = hash_codes(q, k, num_hash=8, hash_code_len=8, generator=gen())
+    assert not torch.equal(q_codes, k_codes)
+    same_q, same_k = hash_codes(q, q, num_hash=8, hash_code_len=8, generator=gen())
+    assert torch.equal(same_q, same_k)
+
+
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+def test_numba_and_torch_paths_give_the_same_codes(fast_hash):
+    from yoso_attention.ops.backend import torch_only
+
+    q, k = torch.randn(3, 200, 40), torch.randn(3, 200, 40)
+    fast = hash_codes(q, k, num_hash=9, hash_code_len=7, fast_hash=fast_hash, generator=gen())
+    with torch_only():
+        slow = hash_codes(q, k, num_hash=9, hash_code_len=7, fast_hash=fast_hash, generator=gen())
+    for a, b in zip(fast, slow):
+        assert (a == b).float().mean() > 0.999  # differ only where a projection rounds to ~0
+
+
+def test_padding_equals_truncation_with_the_same_hash_functions():
+    q, k, v = (torch.randn(1, 2, 50, 16, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(1, 1, 50, dtype=torch.bool)
+    mask[..., :31] = True
+    out = yoso_lsh(q, k, v, mask, num_hash=16, hash_code_len=4, generator=gen())
+    short = yoso_lsh(*(t[..., :31, :] for t in (q, k, v)), num_hash=16, hash_code_len=4, generator=gen())
+    assert torch.equal(out[..., 31:, :], torch.zeros_like(out[..., 31:, :]))
+    assert rel_err(out[..., :31, :], short) < 1e-6
+    out.sum().backward()
+    for t in (q, k, v):
+        assert torch.equal(t.grad[..., 31:, :], torch.zeros_like(t.grad[..., 31:, :]))
+
+
+def test_all_masked_rows_are_zero_without_nan():
+    q = torch.randn(2, 9, 8, requires_grad=True)
+    out = yoso_lsh(q, q, q, torch.zeros(2, 9, dtype=torch.bool), num_hash=4, hash_code_len=3)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+def test_error_to_expectation_falls_like_inverse_sqrt_num_hash(fast_hash):
+    q, k, v = torch.randn(4, 128, 32), torch.randn(4, 128, 32), torch.randn(4, 128, 32)
+    q = q + 0.8 * k  # correlated pairs: collision probabilities well above 2**-tau
+    expected = yoso_expectation(q, k, v, hash_code_len=4)
+
+    def mean_error(m):
+        errs = [rel_err(yoso_lsh(q, k, v, num_hash=m, hash_code_len=4, fast_hash=fast_hash, generator=gen(s)),
+                        expected) for s in range(4)]  # fmt: skip
+        return sum(errs) / len(errs)
+
+    ratio = mean_error(16) / mean_error(256)
+    assert 3.0 < ratio < 5.3  # sqrt(256 / 16) = 4
+
+
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+@pytest.mark.parametrize("cos", [-0.5, 0.0, 0.5, 0.9])
+def test_collision_rate_matches_angle_formula(fast_hash, cos):
+    tau, d, draws = 3, 32, 4000
+    x = torch.randn(d)
+    x = x / x.norm()
+    y = torch.randn(d)
+    y = y - (y @ x) * x
+    y = cos * x + (1 - cos**2) ** 0.5 * y / y.norm()
+    q_codes, k_codes = hash_codes(x.expand(1, 1, d), y.expand(1, 1, d), num_hash=draws, hash_code_len=tau,
+                                  fast_hash=fast_hash, generator=gen())  # fmt: skip
+    rate = (q_codes == k_codes).float().mean().item()
+    expected = (1 - torch.arccos(torch.tensor(cos)).item() / torch.pi) ** tau
+    sigma = (expected * (1 - expected) / draws) ** 0.5
+    # The fast hash's projections within one part are not independent: allow a little more than 4 sigma.
+    assert abs(rate - expected) < 4 * sigma + (0.01 if fast_hash else 0.0)

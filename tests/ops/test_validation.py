@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from yoso_attention.ops import hash_codes, lsh_cumulation, yoso_expectation, yoso_lsh
+
+OPS = {
+    "expectation": lambda q, k, v, mask=None, **kw: yoso_expectation(q, k, v, mask, **kw),
+    "lsh": lambda q, k, v, mask=None, **kw: yoso_lsh(q, k, v, mask, num_hash=4, **kw),
+}
+
+
+def qkv(*shape):
+    return torch.randn(*shape), torch.randn(*shape), torch.randn(*shape)
+
+
+@pytest.mark.parametrize("op", OPS, ids=list(OPS))
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: (torch.randn(2, 5, 8), torch.randn(3, 5, 8), torch.randn(3, 5, 8)), "leading dims"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 7), torch.randn(2, 5, 8)), "head dim"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 6, 8)), "length"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8).double(), torch.randn(2, 5, 8)), "dtype"),
+        (lambda: (torch.ones(2, 5, 8, dtype=torch.long),) * 3, "floating"),
+        (lambda: (torch.randn(8),) * 3, "at least 2 dims"),
+        (lambda: (torch.randn(2, 0, 8),) * 3, "n >= 1"),
+    ],
+    ids=["batch", "headdim", "vlen", "dtype", "int", "rank", "empty"],
+)
+def test_bad_tensors_name_the_argument(op, make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        OPS[op](*make())
+
+
+@pytest.mark.parametrize("op", OPS, ids=list(OPS))
+def test_bad_masks(op):
+    q, k, v = qkv(2, 5, 8)
+    with pytest.raises(TypeError, match="mask must have dtype torch.bool"):
+        OPS[op](q, k, v, torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 4\), expected a shape broadcastable to \(2, 5\)"):
+        OPS[op](q, k, v, torch.ones(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_hash": 0}, "num_hash must be an integer >= 1, got 0"),
+    ({"hash_code_len": 0}, r"hash_code_len must be an integer in \[1, 20\], got 0"),
+    ({"hash_code_len": 21}, "got 21"),
+    ({"hash_code_len": 2.5}, "got 2.5"),
+])  # fmt: skip
+def test_bad_hash_parameters(kwargs, match):
+    q, k, v = qkv(1, 5, 8)
+    with pytest.raises(ValueError, match=match):
+        yoso_lsh(q, k, v, **kwargs)
+
+
+def test_fast_hash_needs_head_dim_at_least_tau():
+    q, k, v = qkv(1, 5, 4)
+    with pytest.raises(ValueError, match="fast_hash needs head dim d >= hash_code_len"):
+        yoso_lsh(q, k, v, hash_code_len=9)
+    assert yoso_lsh(q, k, v, hash_code_len=9, fast_hash=False).shape == v.shape
+
+
+def test_lsh_cumulation_rejects_out_of_range_and_float_codes():
+    v = torch.randn(1, 4, 3)
+    good = torch.zeros(1, 4, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"q_codes has values in \[16, 16\], expected \[0, 16\)"):
+        lsh_cumulation(good + 16, good, v, hash_code_len=4)
+    with pytest.raises(TypeError, match="k_codes must be an integer tensor"):
+        lsh_cumulation(good, good.float(), v, hash_code_len=4)
+    with pytest.raises(ValueError, match="k_codes has shape"):
+        lsh_cumulation(good, good[..., :1], v, hash_code_len=4)
+
+
+def test_hash_codes_checks_its_inputs():
+    with pytest.raises(ValueError, match="k has shape"):
+        hash_codes(torch.randn(1, 4, 8), torch.randn(1, 4, 6), num_hash=2, hash_code_len=3)
+    with pytest.raises(ValueError, match="num_hash"):
+        hash_codes(torch.randn(1, 4, 8), torch.randn(1, 4, 8), num_hash=-1, hash_code_len=3)
