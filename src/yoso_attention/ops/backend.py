@@ -68,6 +68,11 @@ def active_paths() -> dict[str, str]:
     }
 
 
+def fp32_region(t: torch.Tensor):
+    """The ops accumulate in fp32 themselves: autocast must not turn their matmuls into half precision."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 def as_numpy(t: torch.Tensor):
     """A C-contiguous numpy view (or copy) of a CPU tensor, detached from autograd."""
     return t.detach().contiguous().numpy()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import as_numpy, numba_kernels
+from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_codes, check_float, check_hash_params, check_mask
 
 _CHUNK_ELEMENTS = 1 << 24  # elements of the (B, n, hash chunk, dv) scratch in the torch path
@@ -89,7 +89,8 @@ class _Cumulation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
-        dv = cumulate(k_codes, q_codes, grad.float().contiguous(), k_mask, q_mask, ctx.n_buckets)
+        with fp32_region(grad):
+            dv = cumulate(k_codes, q_codes, grad.float().contiguous(), k_mask, q_mask, ctx.n_buckets)
         return None, None, dv, None, None, None
 
 
@@ -140,6 +141,6 @@ def lsh_cumulation(
     k_mask = flat_mask(check_mask("k_mask", k_mask, (*lead, n_k), v.device), (*lead, n_k), v.device)
     qc = q_codes.reshape(-1, n_q, m).transpose(1, 2).to(torch.int32).contiguous()  # (B, m, L)
     kc = k_codes.reshape(-1, n_k, m).transpose(1, 2).to(torch.int32).contiguous()  # (B, m, S)
-    v3 = v.reshape(-1, n_k, v.shape[-1]).float()
-    out = _Cumulation.apply(qc, kc, v3, q_mask, k_mask, 2**hash_code_len)
+    with fp32_region(v):
+        out = _Cumulation.apply(qc, kc, v.reshape(-1, n_k, v.shape[-1]).float(), q_mask, k_mask, 2**hash_code_len)
     return out.reshape(*lead, n_q, v.shape[-1]).to(v.dtype)

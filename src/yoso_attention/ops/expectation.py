@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .backend import as_numpy, numba_kernels
+from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
 
@@ -97,7 +97,8 @@ class _Expectation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         qn, kn, v, q_mask, k_mask = ctx.saved_tensors
-        dq, dk, dv = expectation_backward(qn, kn, v, grad.float().contiguous(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
+        with fp32_region(grad):
+            dq, dk, dv = expectation_backward(qn, kn, v, grad.float(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
         return dq, dk, dv, None, None, None, None
 
 
@@ -145,6 +146,7 @@ def yoso_expectation(
         (..., L, dv) in v's dtype; computed in fp32. O(L * S * d) time, O(block * S) extra memory.
     """
     check_hash_params(None, hash_code_len)
-    qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
-    out = _Expectation.apply(qn, kn, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
+    with fp32_region(q):
+        qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
+        out = _Expectation.apply(qn, kn, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import fp32_region
 from .checks import check_hash_params
 from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
@@ -28,8 +29,13 @@ class _LSHCumulation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        with fp32_region(grad):
+            return _LSHCumulation._backward(ctx, grad.float().contiguous())
+
+    @staticmethod
+    def _backward(ctx, grad):
         qn, kn, v, q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
-        tau, grad = ctx.tau, grad.float().contiguous()
+        tau = ctx.tau
         if not ctx.lsh_backward:
             dq, dk, dv = expectation_backward(qn, kn, v, grad, q_mask, k_mask, tau, exact=False)
             return dq, dk, dv, None, None, None, None, None, None
@@ -74,10 +80,11 @@ def yoso_lsh(
         forward and backward (lsh_backward=True).
     """
     check_hash_params(num_hash, hash_code_len)
-    qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
     d = q.shape[-1]
-    q_codes, k_codes = hash_flat(
-        q.reshape(-1, q.shape[-2], d), k.reshape(-1, k.shape[-2], d), num_hash, hash_code_len, fast_hash, generator
-    )
-    out = _LSHCumulation.apply(qn, kn, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
+    with fp32_region(q):
+        qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
+        q_codes, k_codes = hash_flat(
+            q.reshape(-1, q.shape[-2], d), k.reshape(-1, k.shape[-2], d), num_hash, hash_code_len, fast_hash, generator
+        )
+        out = _LSHCumulation.apply(qn, kn, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

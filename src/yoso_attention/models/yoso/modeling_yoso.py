@@ -7,7 +7,10 @@ time, and ``output_attentions=True`` returns real attention weights (an O(n^2) m
 
 from __future__ import annotations
 
+import pickle
+
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
@@ -32,6 +35,20 @@ class YosoPreTrainedModel(PreTrainedModel):
     config: YosoConfig
     base_model_prefix = "yoso"
     supports_gradient_checkpointing = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader (safetensors first, ``.bin`` with ``torch.load(weights_only=True)``; missing
+        and unexpected keys are logged and returned with ``output_loading_info=True``), with a clear error
+        for a truncated or corrupt weights file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except (SafetensorError, pickle.UnpicklingError, EOFError) as exc:
+            cause = str(exc).splitlines()[0] if str(exc) else ""
+            raise OSError(
+                f"could not read the weights in {pretrained_model_name_or_path}: the checkpoint file is truncated "
+                f"or corrupt, or holds objects other than tensors (never unpickled). {type(exc).__name__}: {cause}"
+            ) from exc
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):

@@ -1,0 +1,110 @@
+"""Behaviour beyond parity: padding, sampling mode, attention maps, checkpointing, autocast, compile."""
+
+import pytest
+import torch
+
+import yoso_attention
+from tests.conftest import rel_err
+from tests.models.conftest import tiny_config
+
+
+@pytest.mark.parametrize("use_expectation", [True, False], ids=["expectation", "sampling"])
+def test_padding_equals_the_unpadded_run(use_expectation):
+    model = yoso_attention.YosoModel(tiny_config(use_expectation=use_expectation, conv_window=3)).eval()
+    ids = torch.randint(3, 99, (1, 20))
+    padded = torch.cat([ids, torch.ones(1, 7, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 20), torch.zeros(1, 7)], 1)
+    torch.manual_seed(5)
+    out = model(padded, attention_mask=mask).last_hidden_state
+    torch.manual_seed(5)
+    short = model(ids).last_hidden_state
+    assert rel_err(out[:, :20], short) < 1e-5
+
+
+def test_sampling_with_many_hashes_approaches_expectation():
+    torch.manual_seed(0)
+    exact = yoso_attention.YosoModel(tiny_config(hash_code_len=3)).eval()
+    sampled = yoso_attention.YosoModel(tiny_config(hash_code_len=3, use_expectation=False, num_hash=1024)).eval()
+    sampled.load_state_dict(exact.state_dict())
+    ids = torch.randint(3, 99, (2, 24))
+    few = yoso_attention.YosoModel(tiny_config(hash_code_len=3, use_expectation=False, num_hash=16)).eval()
+    few.load_state_dict(exact.state_dict())
+    want = exact(ids).last_hidden_state
+    err_many, err_few = rel_err(sampled(ids).last_hidden_state, want), rel_err(few(ids).last_hidden_state, want)
+    assert err_many < 0.05 and err_many < err_few / 3
+
+
+@pytest.mark.parametrize("lsh_backward", [True, False], ids=["lshbwd", "densebwd"])
+def test_sampling_mode_trains(lsh_backward):
+    torch.manual_seed(0)
+    cfg = tiny_config(use_expectation=False, num_hash=16, lsh_backward=lsh_backward, hidden_dropout_prob=0.0)
+    model = yoso_attention.YosoForSequenceClassification(cfg)
+    ids, labels = torch.randint(3, 99, (8, 16)), torch.randint(0, 3, (8,))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+@pytest.mark.parametrize("use_expectation", [True, False], ids=["expectation", "sampling"])
+def test_output_attentions_are_real_weights(use_expectation):
+    model = yoso_attention.YosoModel(tiny_config(use_expectation=use_expectation, hidden_dropout_prob=0.0)).eval()
+    ids, mask = torch.randint(3, 99, (2, 10)), torch.ones(2, 10)
+    mask[1, 7:] = 0
+    out = model(ids, attention_mask=mask, output_attentions=True)
+    assert len(out.attentions) == 2
+    for att in out.attentions:
+        assert att.shape == (2, 4, 10, 10)
+        assert (att >= 0).all() and (att <= 1).all()
+        assert att[1, :, 7:].abs().sum() == 0 and att[1, :, :, 7:].abs().sum() == 0
+        assert not torch.allclose(att, torch.zeros_like(att))
+
+
+@pytest.mark.parametrize("use_expectation", [True, False], ids=["expectation", "sampling"])
+def test_gradient_checkpointing_recomputes_with_the_same_hashes(use_expectation):
+    cfg = tiny_config(use_expectation=use_expectation, hidden_dropout_prob=0.0, num_hash=4)
+    torch.manual_seed(0)
+    model = yoso_attention.YosoForSequenceClassification(cfg).train()
+    ids, labels = torch.randint(3, 99, (2, 12)), torch.tensor([0, 2])
+
+    def grads():
+        model.zero_grad()
+        torch.manual_seed(11)
+        model(ids, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.activation_checkpointing_enable() if hasattr(model, "activation_checkpointing_enable") else model.gradient_checkpointing_enable()
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("use_expectation", [True, False], ids=["expectation", "sampling"])
+def test_bf16_autocast_on_cpu(use_expectation):
+    model = yoso_attention.YosoForMaskedLM(tiny_config(use_expectation=use_expectation))
+    ids = torch.randint(3, 99, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_torch_compile_expectation_mode_runs():
+    model = yoso_attention.YosoModel(tiny_config()).eval()
+    ids = torch.randint(3, 99, (2, 12))
+    compiled = torch.compile(model, backend="eager")
+    assert torch.allclose(compiled(ids).last_hidden_state, model(ids).last_hidden_state, atol=1e-5)
+
+
+def test_return_dict_false_gives_transformers_tuples():
+    model = yoso_attention.YosoForQuestionAnswering(tiny_config()).eval()
+    ids = torch.randint(3, 99, (2, 9))
+    out = model(ids, start_positions=torch.tensor([0, 3]), end_positions=torch.tensor([2, 30]), return_dict=False)
+    assert len(out) == 3 and out[0].dim() == 0 and out[1].shape == (2, 9)
