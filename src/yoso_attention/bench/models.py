@@ -1,0 +1,97 @@
+"""Whole-model benchmark: our YosoModel (sampling and YOSO-E) against transformers' YosoModel and a
+RoBERTa of the same size with SDPA attention, batch 1, fp32, eval forward, in one run.
+
+"floor" is our model with every attention call replaced by the identity: the cost of the dense layers
+alone, which no attention can beat. The attention share of a model is (time - floor) / time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..models.yoso import YosoConfig, YosoModel
+from ..models.yoso.layers_yoso import YosoSelfAttention
+from .timing import measure
+
+TRANSFORMERS_MAX_N = 4096  # its YOSO-E forms n x n matrices per layer: 12.9 GB each at n = 16384
+
+
+@dataclass
+class ModelResult:
+    method: str
+    n: int
+    seconds: float
+    peak_mb: float
+
+
+def base_config(n: int, **overrides) -> dict:
+    return dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                max_position_embeddings=max(4096, n), vocab_size=50265, **overrides)  # fmt: skip
+
+
+@contextlib.contextmanager
+def identity_attention():
+    """Replace YOSO self-attention by the identity on hidden states (the dense-layer floor)."""
+    original = YosoSelfAttention.forward
+    YosoSelfAttention.forward = lambda self, hidden_states, mask=None, output_attentions=False: (hidden_states, None)
+    try:
+        yield
+    finally:
+        YosoSelfAttention.forward = original
+
+
+def _builders(n: int, num_hash: int, tau: int):
+    import transformers
+
+    ours = dict(hash_code_len=tau, num_hash=num_hash)
+    builders = {
+        "yoso (ours, sampling)": (lambda: YosoModel(YosoConfig(**base_config(n, use_expectation=False, **ours))),
+                                  contextlib.nullcontext),
+        "yoso-e (ours)": (lambda: YosoModel(YosoConfig(**base_config(n, **ours))), contextlib.nullcontext),
+        "floor (attention = identity)": (lambda: YosoModel(YosoConfig(**base_config(n))), identity_attention),
+        "roberta (sdpa)": (lambda: transformers.RobertaModel(transformers.RobertaConfig(
+            **base_config(n + 2), attn_implementation="sdpa")), contextlib.nullcontext),
+    }  # fmt: skip
+    if n <= TRANSFORMERS_MAX_N:
+        builders["transformers yoso-e"] = (
+            lambda: transformers.YosoModel(transformers.YosoConfig(**base_config(n))),
+            contextlib.nullcontext,
+        )
+    return builders
+
+
+def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, repeats: int = 1,
+                        methods: list[str] | None = None, progress=print) -> list[ModelResult]:  # fmt: skip
+    results = []
+    for n in lengths:
+        ids = torch.randint(3, 50265, (1, n), generator=torch.Generator().manual_seed(n))
+        for name, (build, context) in _builders(n, num_hash, tau).items():
+            if methods and name not in methods:
+                continue
+            model = build().eval()
+            with torch.no_grad(), context():
+                sec, peak = measure(lambda: model(ids), repeats=repeats, warmup=1)
+            del model
+            results.append(ModelResult(name, n, sec, peak / 2**20))
+            progress(f"n={n:6d} {name:30s} {sec:8.2f} s  peak {peak / 2**20:8.0f} MB")
+    return results
+
+
+def model_table(results: list[ModelResult]) -> str:
+    by_key = {(r.method, r.n): r for r in results}
+    lines = ["| n | model | time (s) | peak (MB) | ours (sampling) is faster by | attention share |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        ours = by_key.get(("yoso (ours, sampling)", r.n))
+        floor = by_key.get(("floor (attention = identity)", r.n))
+        speedup = f"{r.seconds / ours.seconds:.2f}x" if ours else "-"
+        share = f"{max(0.0, (r.seconds - floor.seconds) / r.seconds):.0%}" if floor and r is not floor else "-"
+        lines.append(f"| {r.n} | {r.method} | {r.seconds:.2f} | {r.peak_mb:.0f} | {speedup} | {share} |")
+    return "\n".join(lines)
+
+
+def as_records(results: list[ModelResult]) -> list[dict]:
+    return [asdict(r) for r in results]

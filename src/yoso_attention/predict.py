@@ -1,0 +1,93 @@
+"""``yoso predict`` and ``yoso info``: run a saved model on text; report versions and fast paths."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _load_model(model_dir: Path):
+    from .models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification
+
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model directory")
+    config = YosoConfig.from_pretrained(model_dir)
+    masked_lm = any("MaskedLM" in a for a in (config.architectures or []))
+    cls = YosoForMaskedLM if masked_lm else YosoForSequenceClassification
+    model = cls.from_pretrained(model_dir).eval()
+    if getattr(config, "attention_kind", None) == "softmax":
+        from .training.softmax import use_softmax_attention
+
+        use_softmax_attention(model)
+    return model, masked_lm
+
+
+def _tokenizer_spec(model_dir: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    for args_file in (model_dir / "args.json", model_dir.parent / "args.json"):
+        if args_file.is_file():
+            args = json.loads(args_file.read_text())
+            return "listops" if args.get("task") == "listops" else args.get("tokenizer", "bytes")
+    return str(model_dir)
+
+
+def predict(model_dir: str, input_path: str, tokenizer: str | None, top_k: int) -> int:
+    from .data.text import make_tokenizer
+
+    model_dir = Path(model_dir)
+    model, masked_lm = _load_model(model_dir)
+    spec = _tokenizer_spec(model_dir, tokenizer)
+    if masked_lm:
+        from transformers import AutoTokenizer, pipeline
+
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+        fill = pipeline("fill-mask", model=model, tokenizer=tok, top_k=top_k)
+    else:
+        encode, _, _ = make_tokenizer(spec)
+    source = sys.stdin if input_path == "-" else open(input_path, encoding="utf-8")
+    with source, torch.no_grad():
+        for line in source:
+            text = line.rstrip("\n")
+            if not text:
+                continue
+            if masked_lm:
+                result = [{"token": r["token_str"], "score": round(r["score"], 4)} for r in fill(text)]
+            else:
+                ids = encode(text)[: model.config.max_position_embeddings]
+                probs = model(input_ids=torch.tensor([ids])).logits.softmax(-1)[0]
+                scores, labels = probs.topk(min(top_k, probs.numel()))
+                names = model.config.id2label
+                result = [{"label": names.get(int(i), str(int(i))), "score": round(float(s), 4)}
+                          for s, i in zip(scores, labels)]  # fmt: skip
+            print(json.dumps({"text": text[:80], "predictions": result}))
+    return 0
+
+
+def info() -> int:
+    import transformers
+
+    from . import __version__
+    from .ops.backend import active_paths
+
+    facts = {
+        "yoso_attention": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        **{f"fast_path_{k}": v for k, v in active_paths().items()},
+    }
+    try:
+        import numba
+
+        facts["numba"] = numba.__version__
+    except ImportError:
+        facts["numba"] = "not installed"
+    width = max(map(len, facts))
+    for key, value in facts.items():
+        print(f"{key:<{width}}  {value}")
+    return 0

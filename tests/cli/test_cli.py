@@ -1,0 +1,149 @@
+"""End-to-end runs of the ``yoso`` command in subprocesses with tiny settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from yoso_attention.cli import main
+
+TINY = ["--train-examples", "96", "--eval-examples", "32", "--test-examples", "32", "--max-length", "64",
+        "--min-length", "4", "--max-depth", "3", "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
+        "--intermediate-size", "32", "--batch-size", "8", "--warmup-steps", "2", "--num-hash", "4"]  # fmt: skip
+
+
+def yoso(*args, cwd, check=True, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "yoso_attention.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600, **kw)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def train_args(out, cache, steps=12, extra=()):
+    return ["train", *TINY, "--output-dir", str(out), "--cache-dir", str(cache), "--max-steps", str(steps),
+            "--eval-every", "4", "--save-every", "4", *extra]  # fmt: skip
+
+
+def curves(run: Path) -> list[dict]:
+    keep = ("step", "split", "loss", "accuracy")
+    return [{k: r[k] for k in keep if k in r} for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.mark.parametrize("attention", ["yoso", "yoso-e", "softmax"])
+def test_train_writes_metrics_plot_checkpoints_and_predicts(attention, tmp_path):
+    run = tmp_path / "run"
+    yoso(*train_args(run, tmp_path / "cache", steps=8, extra=["--attention", attention]), cwd=tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8 and 0 <= summary["test_accuracy"] <= 1 and summary["tokens_per_second"] > 0
+    assert (run / "curves.png").stat().st_size > 1000
+    assert (run / "last" / "model.safetensors").exists() and (run / "best" / "config.json").exists()
+    assert [r["step"] for r in curves(run) if r["split"] == "eval"] == [4, 8]
+    out = yoso("predict", str(run / "last"), cwd=tmp_path, input="[MAX 1 [MIN 2 3 ] ]\n[SM 4 5 ]\n")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) == 2 and len(lines[0]["predictions"]) == 3
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+    cache = tmp_path / "cache"
+    yoso(*train_args(tmp_path / "full", cache, steps=16), cwd=tmp_path)
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "yoso_attention.cli", *train_args(run, cache, steps=16)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    yoso(*train_args(run, cache, steps=16, extra=["--resume"]), cwd=tmp_path)
+    assert curves(run) == curves(tmp_path / "full")
+    final, reference = load_file(run / "last" / "model.safetensors"), load_file(tmp_path / "full/last/model.safetensors")
+    assert final.keys() == reference.keys()
+    for key in final:
+        assert (final[key] == reference[key]).all(), key
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "yoso_attention.cli", *train_args(run, tmp_path / "cache", steps=6)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+    assert len([r for r in curves(run) if r["split"] == "train"]) == 6  # rank 0 only writes
+
+
+def test_bench_writes_table_json_and_plot(tmp_path):
+    out = yoso("bench", "--lengths", "64", "128", "--repeats", "1", "--num-hash", "4", "--output-dir",
+               str(tmp_path / "b"), cwd=tmp_path)  # fmt: skip
+    assert "vs SDPA" in out.stdout
+    records = json.loads((tmp_path / "b" / "ops.json").read_text())
+    assert {r["method"] for r in records} == {"sdpa", "dense_yoso_e", "yoso_e", "yoso_lsh"}
+    assert (tmp_path / "b" / "ops.png").stat().st_size > 1000
+
+
+def test_info_lists_versions_and_fast_paths(capsys):
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "torch" in text and "fast_path_cpu" in text
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_text_task_from_jsonl_and_csv(tmp_path):
+    rows = "".join(json.dumps({"text": f"sample {i} " * (i % 5 + 1), "label": i % 2}) + "\n" for i in range(40))
+    data = write(tmp_path / "train.jsonl", rows)
+    csv = write(tmp_path / "eval.csv", "text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(10)))
+    args = ["train", "--task", "text", "--train-file", str(data), "--eval-file", str(csv), "--max-steps", "3",
+            "--eval-every", "3", "--save-every", "3", "--batch-size", "4", "--hidden-size", "32", "--num-layers", "1",
+            "--max-length", "64", "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize("content,suffix,message", [
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 1\n', ".jsonl", "train.jsonl:2: malformed JSON"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n', ".jsonl", "train.jsonl:2: label 7 is outside the 2 classes"),
+    ("text,label\nhello,0\nworld,x\n", ".csv", "train.csv:3: label 'x' is not an integer"),
+    ("words,label\nhello,0\n", ".csv", "has no column 'text'"),
+])  # fmt: skip
+def test_malformed_data_reports_the_line(tmp_path, capsys, content, suffix, message):
+    data = write(tmp_path / f"train{suffix}", content)
+    assert main(["train", "--task", "text", "--train-file", str(data), "--output-dir", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_arguments_and_missing_files(tmp_path, capsys):
+    assert main(["train", "--task", "text", "--train-file", str(tmp_path / "nope.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--task", "mnist"]) == 2
+    assert "unknown task 'mnist'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--attention", "linformer"])
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_resume_without_or_with_corrupt_checkpoint_fails_cleanly(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", *TINY, "--output-dir", str(run), "--cache-dir", str(tmp_path / "cache"), "--resume"]
+    assert main(base) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    (run / "last").mkdir(parents=True)
+    state = write(run / "last" / "trainer_state.pt", "garbage")
+    metrics = write(run / "metrics.jsonl", '{"step": 1, "split": "train", "loss": 1.0}\n')
+    assert main(base) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert state.read_text() == "garbage" and metrics.read_text().startswith('{"step": 1')
