@@ -10,8 +10,11 @@ from tests.models.conftest import HEADS, make_inputs, tiny_config
 
 
 def first_tensor(output):
-    return output.last_hidden_state if hasattr(output, "last_hidden_state") and output.last_hidden_state is not None \
-        else output.to_tuple()[1 if output.get("loss") is not None else 0]  # fmt: skip
+    """last_hidden_state, logits or start_logits: the main output of any YOSO class."""
+    for key in ("last_hidden_state", "logits", "start_logits"):
+        if output.get(key) is not None:
+            return output[key]
+    raise KeyError(list(output.keys()))
 
 
 @pytest.mark.parametrize("conv_window", [None, 3], ids=["noconv", "conv3"])
@@ -81,3 +84,13 @@ def test_config_json_like_the_public_checkpoint_loads(tmp_path):
     for key in ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings", "hash_code_len",
                 "num_hash", "use_fast_hash", "lsh_backward", "use_expectation", "conv_window", "pad_token_id"):  # fmt: skip
         assert getattr(ours, key) == getattr(config, key), key
+
+
+@pytest.mark.parametrize("problem", ["regression", "multi_label_classification"])
+def test_sequence_classification_problem_types_match(problem, hf_and_ours):
+    num_labels = 1 if problem == "regression" else 3
+    ref, ours = hf_and_ours("YosoForSequenceClassification", num_labels=num_labels, problem_type=problem)
+    ref.eval(), ours.eval()
+    ids = torch.randint(3, 99, (4, 11))
+    labels = torch.randn(4) if problem == "regression" else (torch.rand(4, 3) > 0.5).float()
+    assert abs(ours(ids, labels=labels).loss.item() - ref(ids, labels=labels).loss.item()) < 1e-6

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..ops import yoso_expectation, yoso_lsh
 from .timing import measure
 
-DENSE_MAX_BYTES = 4 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this
+DENSE_MAX_BYTES = 1 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this (n > 4096)
 
 
 @dataclass

@@ -49,17 +49,17 @@ def fast_hash_codes(x, signs, num_hash, tau, codes):
         b = t // n_blocks
         i0 = (t % n_blocks) * _HASH_BLOCK
         cnt = min(n, i0 + _HASH_BLOCK) - i0
-        buf = np.zeros((d_pad, _HASH_BLOCK), dtype=np.float32)
+        x_t = np.zeros((d_pad, _HASH_BLOCK), dtype=np.float32)  # this block of x, transposed once
+        for i in range(cnt):
+            for c in range(d):
+                x_t[c, i] = x[b, i0 + i, c]
+        buf = np.empty((d_pad, _HASH_BLOCK), dtype=np.float32)
         acc = np.empty(_HASH_BLOCK, dtype=np.int32)
         for p in range(signs.shape[1]):
             for c in range(d_pad):
                 s = signs[b, p, 0, c]
-                if c < d:
-                    for i in range(cnt):
-                        buf[c, i] = x[b, i0 + i, c] * s
-                else:
-                    for i in range(cnt):
-                        buf[c, i] = 0.0
+                for i in range(cnt):
+                    buf[c, i] = x_t[c, i] * s
             for stage in range(1, 3):
                 _fwht_rows(buf, d_pad, cnt)
                 for c in range(d_pad):

@@ -214,9 +214,9 @@ def sequence_classification_loss(config, logits, labels):
         else:
             config.problem_type = "multi_label_classification"
     if config.problem_type == "regression":
-        return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype)) if num_labels == 1 else MSELoss()(
-            logits, labels
-        )
+        if num_labels == 1:
+            return MSELoss()(logits.squeeze(), labels.squeeze().to(logits.dtype))
+        return MSELoss()(logits, labels.to(logits.dtype))
     if config.problem_type == "single_label_classification":
         return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
     return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
