@@ -18,10 +18,24 @@ TINY = ["--train-examples", "96", "--eval-examples", "32", "--test-examples", "3
         "--intermediate-size", "32", "--batch-size", "8", "--warmup-steps", "2", "--num-hash", "4"]  # fmt: skip
 
 
-def yoso(*args, cwd, check=True, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "yoso_attention.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def run(cmd, cwd, input=None, timeout=600):
+    """Run in a new session; on timeout kill the whole group (torchrun's workers included)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def yoso(*args, cwd, check=True, input=None):
+    proc = run([sys.executable, "-m", "yoso_attention.cli", *args], cwd, input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -39,14 +53,14 @@ def curves(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("attention", ["yoso", "yoso-e", "softmax"])
 def test_train_writes_metrics_plot_checkpoints_and_predicts(attention, tmp_path):
-    run = tmp_path / "run"
-    yoso(*train_args(run, tmp_path / "cache", steps=8, extra=["--attention", attention]), cwd=tmp_path)
-    summary = json.loads((run / "summary.json").read_text())
+    run_dir = tmp_path / "run_dir"
+    yoso(*train_args(run_dir, tmp_path / "cache", steps=8, extra=["--attention", attention]), cwd=tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 8 and 0 <= summary["test_accuracy"] <= 1 and summary["tokens_per_second"] > 0
-    assert (run / "curves.png").stat().st_size > 1000
-    assert (run / "last" / "model.safetensors").exists() and (run / "best" / "config.json").exists()
-    assert [r["step"] for r in curves(run) if r["split"] == "eval"] == [4, 8]
-    out = yoso("predict", str(run / "last"), cwd=tmp_path, input="[MAX 1 [MIN 2 3 ] ]\n[SM 4 5 ]\n")
+    assert (run_dir / "curves.png").stat().st_size > 1000
+    assert (run_dir / "last" / "model.safetensors").exists() and (run_dir / "best" / "config.json").exists()
+    assert [r["step"] for r in curves(run_dir) if r["split"] == "eval"] == [4, 8]
+    out = yoso("predict", str(run_dir / "last"), cwd=tmp_path, input="[MAX 1 [MIN 2 3 ] ]\n[SM 4 5 ]\n")
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(lines) == 2 and len(lines[0]["predictions"]) == 3
 
@@ -54,33 +68,32 @@ def test_train_writes_metrics_plot_checkpoints_and_predicts(attention, tmp_path)
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     cache = tmp_path / "cache"
     yoso(*train_args(tmp_path / "full", cache, steps=16), cwd=tmp_path)
-    run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "yoso_attention.cli", *train_args(run, cache, steps=16)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "yoso_attention.cli", *train_args(run_dir, cache, steps=16)],
+                            cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
-    while not (run / "last" / "trainer_state.pt").exists() and time.time() < deadline:
+    while not (run_dir / "last" / "trainer_state.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    yoso(*train_args(run, cache, steps=16, extra=["--resume"]), cwd=tmp_path)
-    assert curves(run) == curves(tmp_path / "full")
-    final, reference = load_file(run / "last" / "model.safetensors"), load_file(tmp_path / "full/last/model.safetensors")
+    yoso(*train_args(run_dir, cache, steps=16, extra=["--resume"]), cwd=tmp_path)
+    assert curves(run_dir) == curves(tmp_path / "full")
+    final = load_file(run_dir / "last" / "model.safetensors")
+    reference = load_file(tmp_path / "full" / "last" / "model.safetensors")
     assert final.keys() == reference.keys()
     for key in final:
         assert (final[key] == reference[key]).all(), key
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
-    run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run_dir = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "yoso_attention.cli", *train_args(run, tmp_path / "cache", steps=6)]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+           "-m", "yoso_attention.cli", *train_args(run_dir, tmp_path / "cache", steps=6)]  # fmt: skip
+    proc = run(cmd, tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
-    assert len([r for r in curves(run) if r["split"] == "train"]) == 6  # rank 0 only writes
+    assert len([r for r in curves(run_dir) if r["split"] == "train"]) == 6  # rank 0 only writes
 
 
 def test_bench_writes_table_json_and_plot(tmp_path):
@@ -137,13 +150,13 @@ def test_bad_arguments_and_missing_files(tmp_path, capsys):
 
 
 def test_resume_without_or_with_corrupt_checkpoint_fails_cleanly(tmp_path, capsys):
-    run = tmp_path / "run"
-    base = ["train", *TINY, "--output-dir", str(run), "--cache-dir", str(tmp_path / "cache"), "--resume"]
+    run_dir = tmp_path / "run_dir"
+    base = ["train", *TINY, "--output-dir", str(run_dir), "--cache-dir", str(tmp_path / "cache"), "--resume"]
     assert main(base) == 2
     assert "no checkpoint" in capsys.readouterr().err
-    (run / "last").mkdir(parents=True)
-    state = write(run / "last" / "trainer_state.pt", "garbage")
-    metrics = write(run / "metrics.jsonl", '{"step": 1, "split": "train", "loss": 1.0}\n')
+    (run_dir / "last").mkdir(parents=True)
+    state = write(run_dir / "last" / "trainer_state.pt", "garbage")
+    metrics = write(run_dir / "metrics.jsonl", '{"step": 1, "split": "train", "loss": 1.0}\n')
     assert main(base) == 2
     assert "corrupt" in capsys.readouterr().err
     assert state.read_text() == "garbage" and metrics.read_text().startswith('{"step": 1')

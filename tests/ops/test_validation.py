@@ -76,3 +76,12 @@ def test_hash_codes_checks_its_inputs():
         hash_codes(torch.randn(1, 4, 8), torch.randn(1, 4, 6), num_hash=2, hash_code_len=3)
     with pytest.raises(ValueError, match="num_hash"):
         hash_codes(torch.randn(1, 4, 8), torch.randn(1, 4, 8), num_hash=-1, hash_code_len=3)
+
+
+@pytest.mark.parametrize("op", OPS, ids=list(OPS))
+def test_mismatched_devices_are_named(op):
+    q, k, v = qkv(1, 5, 8)
+    with pytest.raises(ValueError, match="k is on meta but q is on cpu"):
+        OPS[op](q, k.to("meta"), v)
+    with pytest.raises(ValueError, match="mask is on meta, expected cpu"):
+        OPS[op](q, k, v, torch.ones(1, 5, dtype=torch.bool, device="meta"))

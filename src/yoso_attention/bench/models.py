@@ -15,9 +15,9 @@ import torch
 
 from ..models.yoso import YosoConfig, YosoModel
 from ..models.yoso.layers_yoso import YosoSelfAttention
-from .timing import measure
+from .timing import exact_rss_mode, median_seconds, peak_bytes
 
-TRANSFORMERS_MAX_N = 4096  # its YOSO-E forms n x n matrices per layer: 12.9 GB each at n = 16384
+QUADRATIC_YOSO_MAX_N = 4096  # YOSO-E beyond: transformers' needs 12.9 GB per n x n matrix at n = 16384, ours minutes
 
 
 @dataclass
@@ -56,12 +56,12 @@ def _builders(n: int, num_hash: int, tau: int):
     builders = {
         "yoso (ours, sampling)": (lambda: YosoModel(YosoConfig(**base_config(n, use_expectation=False, **ours))),
                                   contextlib.nullcontext),
-        "yoso-e (ours)": (lambda: YosoModel(YosoConfig(**base_config(n, **ours))), contextlib.nullcontext),
         "floor (attention = identity)": (lambda: YosoModel(YosoConfig(**base_config(n))), identity_attention),
         "roberta (sdpa)": (lambda: transformers.RobertaModel(transformers.RobertaConfig(
             **base_config(n + 2), attn_implementation="sdpa")), contextlib.nullcontext),
     }  # fmt: skip
-    if n <= TRANSFORMERS_MAX_N:
+    if n <= QUADRATIC_YOSO_MAX_N:
+        builders["yoso-e (ours)"] = (lambda: YosoModel(YosoConfig(**base_config(n, **ours))), contextlib.nullcontext)
         builders["transformers yoso-e"] = (
             lambda: transformers.YosoModel(transformers.YosoConfig(**base_config(n))),
             contextlib.nullcontext,
@@ -71,18 +71,26 @@ def _builders(n: int, num_hash: int, tau: int):
 
 def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, repeats: int = 1,
                         methods: list[str] | None = None, progress=print) -> list[ModelResult]:  # fmt: skip
-    results = []
+    plan = []
     for n in lengths:
         ids = torch.randint(3, 50265, (1, n), generator=torch.Generator().manual_seed(n))
-        for name, (build, context) in _builders(n, num_hash, tau).items():
-            if methods and name not in methods:
-                continue
-            model = build().eval()
-            with torch.no_grad(), context():
-                sec, peak = measure(lambda: model(ids), repeats=repeats, warmup=1)
-            del model
-            results.append(ModelResult(name, n, sec, peak / 2**20))
-            progress(f"n={n:6d} {name:30s} {sec:8.2f} s  peak {peak / 2**20:8.0f} MB")
+        plan += [(name, n, ids, build, context) for name, (build, context) in _builders(n, num_hash, tau).items()
+                 if not methods or name in methods]  # fmt: skip
+    results = []
+    for name, n, ids, build, context in plan:  # timings first: exact_rss_mode below adds page faults
+        model = build().eval()
+        with torch.no_grad(), context():
+            sec = median_seconds(lambda: model(ids), repeats=repeats, warmup=1)
+        del model
+        results.append(ModelResult(name, n, sec, float("nan")))
+        progress(f"n={n:6d} {name:30s} {sec:8.2f} s")
+    exact_rss_mode()
+    for result, (name, n, ids, build, context) in zip(results, plan):
+        model = build().eval()
+        with torch.no_grad(), context():
+            result.peak_mb = peak_bytes(lambda: model(ids)) / 2**20
+        del model
+        progress(f"n={n:6d} {name:30s} peak {result.peak_mb:8.0f} MB")
     return results
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import yoso_expectation, yoso_lsh
-from .timing import measure
+from .timing import exact_rss_mode, median_seconds, peak_bytes
 
 DENSE_MAX_BYTES = 1 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this (n > 4096)
 
@@ -52,7 +52,7 @@ def run_op_benchmark(
     repeats: int = 3,
     progress=print,
 ) -> list[OpResult]:
-    results = []
+    results, calls = [], []
     for n in lengths:
         gen = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(1, heads, n, d, generator=gen) for _ in range(3))
@@ -60,15 +60,20 @@ def run_op_benchmark(
             if name == "dense_yoso_e" and heads * n * n * 4 > DENSE_MAX_BYTES:
                 progress(f"n={n:6d} {name:13s} skipped: an n x n matrix needs {heads * n * n * 4 / 2**30:.1f} GB")
                 continue
-            passes = [("fwd", lambda: fn(q, k, v))]
+            calls.append((name, n, "fwd", lambda fn=fn, q=q, k=k, v=v: fn(q, k, v)))
             if backward:
                 qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-                passes.append(("fwd+bwd", lambda qg=qg, kg=kg, vg=vg: fn(qg, kg, vg).sum().backward()))
-            for pass_name, call in passes:
-                with torch.set_grad_enabled(pass_name != "fwd"):
-                    sec, peak = measure(call, repeats=repeats)
-                results.append(OpResult(name, n, pass_name, sec, peak / 2**20))
-                progress(f"n={n:6d} {name:13s} {pass_name:8s} {sec * 1e3:10.1f} ms  peak {peak / 2**20:8.1f} MB")
+                calls.append((name, n, "fwd+bwd", lambda fn=fn, qg=qg, kg=kg, vg=vg: fn(qg, kg, vg).sum().backward()))
+    for name, n, pass_name, call in calls:  # all timings first: exact_rss_mode below adds page faults
+        with torch.set_grad_enabled(pass_name != "fwd"):
+            sec = median_seconds(call, repeats=repeats)
+        results.append(OpResult(name, n, pass_name, sec, float("nan")))
+        progress(f"n={n:6d} {name:13s} {pass_name:8s} {sec * 1e3:10.1f} ms")
+    exact_rss_mode()
+    for result, (name, n, pass_name, call) in zip(results, calls):
+        with torch.set_grad_enabled(pass_name != "fwd"):
+            result.peak_mb = peak_bytes(call) / 2**20
+        progress(f"n={n:6d} {name:13s} {pass_name:8s} peak {result.peak_mb:8.1f} MB")
     return results
 
 

@@ -2,10 +2,14 @@
 
 Peak memory is the process's resident set size (RSS) sampled every millisecond by a background thread,
 minus the RSS before the call: it counts torch, numpy (numba scratch) and allocator overheads alike.
+glibc keeps freed memory for reuse, which hides later allocations from RSS: each measurement starts with
+``malloc_trim``, and ``exact_rss_mode`` makes every allocation above 64 KB its own mapping, returned on
+free. Both add page faults, so timings are taken before memory is measured.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import statistics
@@ -26,6 +30,14 @@ def rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _release_free_memory() -> None:
+    """Return freed heap pages to the OS, so that reusing them shows up in RSS again (glibc only)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakRSS:
     """Context manager: ``.peak`` is the largest RSS growth (bytes) seen while inside."""
 
@@ -40,6 +52,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
+        _release_free_memory()
         self._base = rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -51,14 +64,34 @@ class PeakRSS:
         self.peak = max(self.peak, rss_bytes() - self._base)
 
 
-def measure(fn: Callable[[], object], repeats: int = 3, warmup: int = 1) -> tuple[float, int]:
-    """(median seconds, peak RSS growth in bytes) of ``fn()`` after ``warmup`` untimed calls."""
+def exact_rss_mode() -> bool:
+    """Ask glibc to map allocations above 64 KB individually (and unmap them on free). False if not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 16)) and bool(libc.mallopt(m_trim_threshold, 1 << 16))
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, slow: float = 5.0) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls; a call slower
+    than ``slow`` seconds in warm-up is timed once (its noise is small next to its length)."""
     for _ in range(warmup):
+        start = time.perf_counter()
         fn()
+        if time.perf_counter() - start > slow:
+            repeats = 1
     times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak RSS growth during one call of ``fn()`` (call ``exact_rss_mode()`` once beforehand)."""
     with PeakRSS() as mem:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), mem.peak
+        fn()
+    return mem.peak

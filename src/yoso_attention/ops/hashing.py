@@ -15,8 +15,9 @@ always gives the same codes, whichever entry point (``hash_codes`` or ``yoso_lsh
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .backend import as_numpy, numba_kernels
+from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_float, check_hash_params
 
 
@@ -89,12 +90,12 @@ def _hash_one(x: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int
 
 
 def hash_flat(
-    q: torch.Tensor, k: torch.Tensor, num_hash: int, tau: int, fast: bool, generator: torch.Generator | None
+    qn: torch.Tensor, kn: torch.Tensor, num_hash: int, tau: int, fast: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, L, d), k (B, S, d) -> codes (B, num_hash, L), (B, num_hash, S), int32, sharing one draw."""
-    randomness = _draw(q.shape[0], q.shape[-1], num_hash, tau, fast, q.device, generator)
-    q32, k32 = q.detach().float(), k.detach().float()
-    return _hash_one(q32, randomness, num_hash, tau, fast), _hash_one(k32, randomness, num_hash, tau, fast)
+    """qn (B, L, d), kn (B, S, d) float32 unit rows -> codes (B, num_hash, L), (B, num_hash, S), int32,
+    sharing one draw."""
+    randomness = _draw(qn.shape[0], qn.shape[-1], num_hash, tau, fast, qn.device, generator)
+    return _hash_one(qn.detach(), randomness, num_hash, tau, fast), _hash_one(kn.detach(), randomness, num_hash, tau, fast)
 
 
 def hash_codes(
@@ -129,9 +130,10 @@ def hash_codes(
             f"{tuple(q.shape[:-2])} on {q.device} like q"
         )
     lead, d = q.shape[:-2], q.shape[-1]
-    q_codes, k_codes = hash_flat(
-        q.reshape(-1, q.shape[-2], d), k.reshape(-1, k.shape[-2], d), num_hash, hash_code_len, fast_hash, generator
-    )
+    with fp32_region(q):  # the same normalised fp32 rows that yoso_lsh hashes, so the codes agree exactly
+        qn = F.normalize(q.reshape(-1, q.shape[-2], d).float(), dim=-1)
+        kn = F.normalize(k.reshape(-1, k.shape[-2], d).float(), dim=-1)
+        q_codes, k_codes = hash_flat(qn, kn, num_hash, hash_code_len, fast_hash, generator)
     return (
         q_codes.transpose(1, 2).reshape(*lead, q.shape[-2], num_hash),
         k_codes.transpose(1, 2).reshape(*lead, k.shape[-2], num_hash),

@@ -21,9 +21,29 @@ _ACOS = (1.5707963050, -0.2145988016, 0.0889789874, -0.0501743046,
 
 
 @njit(inline="always", fastmath=True)
+def _fwht_radix8(buf, h, cnt):
+    """Three butterfly stages (strides h, 2h, 4h) in one sweep: 8 rows in registers, 1/3 of the traffic."""
+    for a in range(0, buf.shape[0], 8 * h):
+        for r in range(a, a + h):
+            for i in range(cnt):
+                x0, x1, x2, x3 = buf[r, i], buf[r + h, i], buf[r + 2 * h, i], buf[r + 3 * h, i]
+                x4, x5, x6, x7 = buf[r + 4 * h, i], buf[r + 5 * h, i], buf[r + 6 * h, i], buf[r + 7 * h, i]
+                y0, y1, y2, y3 = x0 + x1, x0 - x1, x2 + x3, x2 - x3
+                y4, y5, y6, y7 = x4 + x5, x4 - x5, x6 + x7, x6 - x7
+                z0, z1, z2, z3 = y0 + y2, y1 + y3, y0 - y2, y1 - y3
+                z4, z5, z6, z7 = y4 + y6, y5 + y7, y4 - y6, y5 - y7
+                buf[r, i], buf[r + h, i], buf[r + 2 * h, i], buf[r + 3 * h, i] = z0 + z4, z1 + z5, z2 + z6, z3 + z7
+                buf[r + 4 * h, i], buf[r + 5 * h, i] = z0 - z4, z1 - z5
+                buf[r + 6 * h, i], buf[r + 7 * h, i] = z2 - z6, z3 - z7
+
+
+@njit(inline="always", fastmath=True)
 def _fwht_rows(buf, d_pad, cnt):
     """In-place unnormalised Walsh-Hadamard transform along axis 0 of buf[:, :cnt]."""
     h = 1
+    while 8 * h <= d_pad:
+        _fwht_radix8(buf, h, cnt)
+        h *= 8
     while h < d_pad:
         for a in range(0, d_pad, 2 * h):
             for r in range(a, a + h):

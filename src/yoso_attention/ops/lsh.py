@@ -80,11 +80,8 @@ def yoso_lsh(
         forward and backward (lsh_backward=True).
     """
     check_hash_params(num_hash, hash_code_len)
-    d = q.shape[-1]
     with fp32_region(q):
         qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
-        q_codes, k_codes = hash_flat(
-            q.reshape(-1, q.shape[-2], d), k.reshape(-1, k.shape[-2], d), num_hash, hash_code_len, fast_hash, generator
-        )
+        q_codes, k_codes = hash_flat(qn, kn, num_hash, hash_code_len, fast_hash, generator)
         out = _LSHCumulation.apply(qn, kn, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

@@ -20,8 +20,9 @@ STATE_FILE = "trainer_state.pt"
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: dict) -> None:
     path = Path(path)
+    for stale in path.parent.glob(f"{path.name}.tmp*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     state = {
         "step": step,

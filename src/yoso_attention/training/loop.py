@@ -136,16 +136,24 @@ def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> flo
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
 
 
+def _parse_record(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 class MetricsLog:
-    """metrics.jsonl, one record per line; on resume, records after the checkpoint's step are dropped."""
+    """metrics.jsonl, one record per line; on resume, records after the checkpoint's step (and a line cut
+    short by a kill) are dropped, so the file reads as if the run had never stopped."""
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in map(_parse_record, path.read_text().splitlines()) if r and r["step"] <= resume_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, record: dict) -> None:
         with open(self.path, "a") as f:
