@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def _train(ns) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: resumable checkpoint in {Path(args.output_dir) / 'last'} (use --resume)")
         return 130
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -89,11 +89,20 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     run_dir = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "yoso_attention.cli", *train_args(run_dir, tmp_path / "cache", steps=6)]  # fmt: skip
-    proc = run(cmd, tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # Output to files, not pipes: the workers inherit them, and a pipe left unread would block them.
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=out, stderr=err, start_new_session=True)
+        try:
+            returncode = proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            subprocess.run(["pkill", "-9", "-f", str(run_dir)])  # the workers run in sessions of their own
+            raise AssertionError("torchrun timed out:\n" + (tmp_path / "err.txt").read_text()[-4000:]) from None
+    assert returncode == 0, (tmp_path / "err.txt").read_text()[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
     assert len([r for r in curves(run_dir) if r["split"] == "train"]) == 6  # rank 0 only writes
+    assert (tmp_path / "out.txt").read_text().count('"world_size": 2') == 1  # one summary, from rank 0
 
 
 def test_bench_writes_table_json_and_plot(tmp_path):
