@@ -33,10 +33,19 @@ class ListOpsSpec:
     seed: int = 0
 
 
-def _tree(rng: random.Random, depth: int, spec: ListOpsSpec):
-    if depth >= spec.max_depth or (depth > 0 and rng.random() < spec.leaf_prob):
+class _TooLong(Exception):
+    pass
+
+
+def _tree(rng: random.Random, depth: int, spec: ListOpsSpec, budget: list[int]):
+    """A random expression; raises _TooLong as soon as it needs more than budget[0] token ids."""
+    leaf = depth >= spec.max_depth or (depth > 0 and rng.random() < spec.leaf_prob)
+    budget[0] -= 1 if leaf else 3  # a digit, or "[", the operator and "]"
+    if budget[0] < 0:
+        raise _TooLong
+    if leaf:
         return rng.randrange(10)
-    return rng.choice(OPERATORS), [_tree(rng, depth + 1, spec) for _ in range(rng.randint(2, spec.max_args))]
+    return rng.choice(OPERATORS), [_tree(rng, depth + 1, spec, budget) for _ in range(rng.randint(2, spec.max_args))]
 
 
 def apply_operator(op: str, values: list[int]) -> int:
@@ -73,7 +82,10 @@ def generate(spec: ListOpsSpec) -> list[dict]:
     rng = random.Random(spec.seed)
     examples = []
     while len(examples) < spec.num_examples:
-        tree = _tree(rng, 0, spec)
+        try:
+            tree = _tree(rng, 0, spec, [spec.max_length])
+        except _TooLong:
+            continue
         tokens = _tokens(tree)
         length = len(tokens) + sum(t.startswith("[") for t in tokens)  # "[MAX" is two ids: "[" and "MAX"
         if spec.min_length <= length <= spec.max_length:
