@@ -13,6 +13,14 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((a - e).norm() / denom) if denom > 0 else float((a - e).norm())
 
 
+def grad_errors(out, ref, inputs, ref_inputs) -> list[float]:
+    """rel_err of d(out . g)/d(inputs) against d(ref . g)/d(ref_inputs) for one random g."""
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, grad.to(out.dtype))
+    want = torch.autograd.grad(ref, ref_inputs, grad)
+    return [rel_err(g, w) for g, w in zip(got, want)]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

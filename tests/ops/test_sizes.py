@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from tests.conftest import rel_err
+from tests.conftest import grad_errors, rel_err
 from yoso_attention.ops import hash_codes, yoso_expectation, yoso_lsh
 from yoso_attention.ops.reference import yoso_expectation_reference, yoso_lsh_reference
 
@@ -29,6 +29,4 @@ def test_every_size_forward_backward_masked_fp32(n, d, op):
         q_codes, k_codes = hash_codes(*inputs[:2], generator=torch.Generator().manual_seed(n + d), **kw)
         ref = yoso_lsh_reference(*refs, q_codes, k_codes, mask, hash_code_len=8)
     assert rel_err(out, ref) < 2e-5
-    grad = torch.randn_like(ref)
-    for g, w in zip(torch.autograd.grad(out, inputs, grad.float()), torch.autograd.grad(ref, refs, grad)):
-        assert rel_err(g, w) < 1e-4
+    assert max(grad_errors(out, ref, inputs, refs)) < 1e-4
