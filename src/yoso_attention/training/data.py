@@ -59,7 +59,7 @@ def load_splits(args) -> tuple[dict[str, Split], int, int, int]:
     if args.task == "listops":
         encode_fn, vocab, pad = make_tokenizer("listops")
         spec = dict(min_length=min(args.min_length, args.max_length - 1), max_length=args.max_length - 1,
-                    max_depth=args.max_depth)  # fmt: skip
+                    max_depth=args.max_depth, leaf_prob=args.leaf_prob)  # fmt: skip
         sizes = {"train": args.train_examples, "eval": args.eval_examples, "test": args.test_examples}
         splits = {}
         for offset, (name, size) in enumerate(sizes.items()):

@@ -41,6 +41,7 @@ class TrainArgs:
     test_examples: int = 500
     min_length: int = 16
     max_depth: int = 6
+    leaf_prob: float = 0.35
     # text
     train_file: str | None = None
     eval_file: str | None = None
