@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
+from .hashing import unit_rows
 
 _BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
 EXACT_GRAD_EPS = 1e-6  # cos clamped to [-1 + eps, 1 - eps] in the exact derivative, singular at +-1
@@ -105,16 +105,14 @@ class _Expectation(torch.autograd.Function):
 def prepare(q, k, v, mask):
     """Validate, flatten leading dims and normalise: returns (qn, kn, v32, q_mask, k_mask) in (B, n, .)."""
     check_qkv(q, k, v)
-    n_q, n_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    n_q, n_k = q.shape[-2], k.shape[-2]
     q_shape = q.shape[:-1]
     if mask is not None and n_q != n_k:
         raise ValueError(f"mask needs q and k of one length (self-attention); got L={n_q} and S={n_k}")
     mask = check_mask("mask", mask, q_shape, q.device)
     q_mask = flat_mask(mask, q_shape, q.device)
     k_mask = q_mask if mask is not None else flat_mask(None, k.shape[:-1], q.device)
-    qn = F.normalize(q.reshape(-1, n_q, d).float(), dim=-1)
-    kn = F.normalize(k.reshape(-1, n_k, d).float(), dim=-1)
-    return qn, kn, v.reshape(-1, n_k, v.shape[-1]).float(), q_mask, k_mask
+    return unit_rows(q), unit_rows(k), v.reshape(-1, n_k, v.shape[-1]).float(), q_mask, k_mask
 
 
 def yoso_expectation(

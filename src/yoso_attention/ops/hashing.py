@@ -21,6 +21,12 @@ from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_float, check_hash_params
 
 
+def unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """(..., n, d) -> (B, n, d) float32 rows of norm 1: what the ops hash and attend with. hash_codes and
+    yoso_lsh both call this, so their codes agree bit for bit."""
+    return F.normalize(x.reshape(-1, x.shape[-2], x.shape[-1]).float(), dim=-1)
+
+
 def padded_dim(d: int) -> int:
     return 1 << max(0, (d - 1).bit_length())
 
@@ -129,11 +135,9 @@ def hash_codes(
             f"k has shape {tuple(k.shape)} on {k.device}; expected (..., S, {q.shape[-1]}) with leading dims "
             f"{tuple(q.shape[:-2])} on {q.device} like q"
         )
-    lead, d = q.shape[:-2], q.shape[-1]
+    lead = q.shape[:-2]
     with fp32_region(q):  # the same normalised fp32 rows that yoso_lsh hashes, so the codes agree exactly
-        qn = F.normalize(q.reshape(-1, q.shape[-2], d).float(), dim=-1)
-        kn = F.normalize(k.reshape(-1, k.shape[-2], d).float(), dim=-1)
-        q_codes, k_codes = hash_flat(qn, kn, num_hash, hash_code_len, fast_hash, generator)
+        q_codes, k_codes = hash_flat(unit_rows(q), unit_rows(k), num_hash, hash_code_len, fast_hash, generator)
     return (
         q_codes.transpose(1, 2).reshape(*lead, q.shape[-2], num_hash),
         k_codes.transpose(1, 2).reshape(*lead, k.shape[-2], num_hash),

@@ -18,6 +18,10 @@ def collision_probability(cos: torch.Tensor, tau: int) -> torch.Tensor:
     return (1 - torch.acos(cos.clamp(-1.0, 1.0)) / math.pi) ** tau
 
 
+def _cosines(q, k) -> torch.Tensor:
+    return F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-1, -2)  # (..., L, S)
+
+
 def _pair_mask(mask: torch.Tensor | None, cos: torch.Tensor) -> torch.Tensor:
     if mask is None:
         return torch.ones_like(cos)
@@ -32,7 +36,7 @@ def _with_surrogate_grad(weights: torch.Tensor, cos: torch.Tensor, tau: int) -> 
 
 def expectation_matrix(q, k, mask=None, *, hash_code_len: int, surrogate_grad: bool = True) -> torch.Tensor:
     """The (..., L, S) matrix of masked collision probabilities of YOSO-E."""
-    cos = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-1, -2)
+    cos = _cosines(q, k)
     prob = collision_probability(cos, hash_code_len) * _pair_mask(mask, cos)
     return _with_surrogate_grad(prob, cos, hash_code_len) if surrogate_grad else prob
 
@@ -58,7 +62,7 @@ def yoso_expectation_reference(q, k, v, mask=None, *, hash_code_len=9, exact_gra
 
 def yoso_lsh_reference(q, k, v, q_codes, k_codes, mask=None, *, hash_code_len=9, lsh_backward=True):
     """Dense YOSO from given codes, with the reference gradients: sampled (lsh_backward) or YOSO-E."""
-    cos = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-1, -2)
+    cos = _cosines(q, k)
     freq = sampled_collision_matrix(q_codes, k_codes) * _pair_mask(mask, cos)
     if lsh_backward:
         weights = _with_surrogate_grad(freq, cos, hash_code_len)
