@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import yoso_attention
+from yoso_attention.models.yoso import layers_yoso
 from tests.conftest import rel_err
 from tests.models.conftest import tiny_config
 
@@ -108,3 +109,23 @@ def test_return_dict_false_gives_transformers_tuples():
     ids = torch.randint(3, 99, (2, 9))
     out = model(ids, start_positions=torch.tensor([0, 3]), end_positions=torch.tensor([2, 30]), return_dict=False)
     assert len(out) == 3 and out[0].dim() == 0 and out[1].shape == (2, 9)
+
+
+@pytest.mark.parametrize("chunking", ["auto", "config"])
+def test_chunked_feed_forward_equals_one_chunk(chunking, monkeypatch):
+    """Automatic chunking (FFN_CHUNK_FLOATS) and chunk_size_feed_forward change memory, not results."""
+    torch.manual_seed(0)
+    whole = yoso_attention.YosoForSequenceClassification(tiny_config(hidden_dropout_prob=0.0))
+    overrides = {"chunk_size_feed_forward": 4} if chunking == "config" else {}
+    chunked = yoso_attention.YosoForSequenceClassification(tiny_config(hidden_dropout_prob=0.0, **overrides))
+    chunked.load_state_dict(whole.state_dict())
+    ids = torch.randint(3, 99, (2, 17))
+    labels = torch.tensor([0, 2])
+    loss_whole = whole(ids, labels=labels).loss
+    if chunking == "auto":
+        monkeypatch.setattr(layers_yoso, "FFN_CHUNK_FLOATS", 2 * 37 * 5)  # (2, 5, 37) floats: 4 chunks of 17
+    loss_chunked = chunked(ids, labels=labels).loss
+    assert abs(loss_chunked.item() - loss_whole.item()) < 1e-6
+    loss_whole.backward(), loss_chunked.backward()
+    for (name, p), q in zip(whole.named_parameters(), chunked.parameters()):
+        assert (p.grad - q.grad).abs().max() < 1e-6, name

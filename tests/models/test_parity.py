@@ -56,6 +56,13 @@ def test_position_ids_and_inputs_embeds_match(hf_and_ours):
     assert (ours(inputs_embeds=emb).last_hidden_state - ref(inputs_embeds=emb).last_hidden_state).abs().max() < 1e-5
 
 
+def test_chunk_size_feed_forward_matches_transformers(hf_and_ours):
+    ref, ours = hf_and_ours("YosoModel", chunk_size_feed_forward=5)
+    ref.eval(), ours.eval()
+    ids = torch.randint(3, 99, (2, 15))  # transformers needs a multiple of the chunk size; ours does not
+    assert (ours(ids).last_hidden_state - ref(ids).last_hidden_state).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("name", HEADS)
 def test_our_checkpoint_loads_into_transformers(name, tmp_path):
     torch.manual_seed(0)

@@ -95,8 +95,9 @@ def fast_hash_codes(x, signs, num_hash, tau, codes):
                     acc[i] = 0
                 for bit in range(tau):
                     row = g * tau + bit
-                    for i in range(cnt):
-                        acc[i] |= np.int32(buf[row, i] > 0) << bit
+                    weight = np.int32(1 << bit)
+                    for i in range(cnt):  # a select and an add vectorise; (x > 0) << bit did not (2x slower)
+                        acc[i] += weight if buf[row, i] > 0 else np.int32(0)
                 for i in range(cnt):
                     codes[b, h, i0 + i] = acc[i]
 
