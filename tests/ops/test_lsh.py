@@ -42,9 +42,10 @@ def test_crowded_buckets_use_outer_product_form_exactly(backend):
     assert max(grad_errors(out, ref, (q, k, v), (q, k, v))) < 1e-5
 
 
-def test_lsh_cumulation_matches_definition(backend):
-    q_codes = torch.randint(0, 16, (3, 50, 5))
-    k_codes = torch.randint(0, 16, (3, 70, 5))
+@pytest.mark.parametrize("num_hash", [1, 4, 5], ids=lambda m: f"m{m}")  # odd m: the kernel's pairs have a tail
+def test_lsh_cumulation_matches_definition(backend, num_hash):
+    q_codes = torch.randint(0, 16, (3, 50, num_hash))
+    k_codes = torch.randint(0, 16, (3, 70, num_hash))
     v = torch.randn(3, 70, 7, requires_grad=True)
     q_mask, k_mask = torch.rand(3, 50) > 0.2, torch.rand(3, 70) > 0.2
     out = lsh_cumulation(q_codes, k_codes, v, q_mask, k_mask, hash_code_len=4)
