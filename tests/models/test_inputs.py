@@ -43,6 +43,7 @@ def test_multiple_choice_checks_rank():
     ({"conv_window": 4}, "conv_window must be a positive odd integer"),
     ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
     ({"add_cross_attention": True}, "encoder-only"),
+    ({"chunk_size_feed_forward": -1}, "chunk_size_feed_forward must be >= 0"),
 ])  # fmt: skip
 def test_invalid_config_values_are_rejected(overrides, match):
     with pytest.raises(Exception, match=match):

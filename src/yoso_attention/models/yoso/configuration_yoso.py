@@ -41,6 +41,8 @@ class YosoConfig(PreTrainedConfig):
         pad_token_id (`int`, defaults to 1), bos_token_id (`int`, defaults to 0), eos_token_id (`int`,
             defaults to 2): special token ids.
         add_cross_attention (`bool`, defaults to `False`): must stay False; YOSO is an encoder.
+        chunk_size_feed_forward (`int`, defaults to 0, inherited): tokens per chunk of the feed-forward
+            block, as in transformers; 0 picks chunks of at most 16 MB of activation (same results).
         tie_word_embeddings (`bool`, defaults to `True`): tie the masked-LM decoder to the embeddings.
     """
 
@@ -89,6 +91,8 @@ class YosoConfig(PreTrainedConfig):
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.chunk_size_feed_forward < 0:
+            raise ValueError(f"chunk_size_feed_forward must be >= 0 (0: automatic), got {self.chunk_size_feed_forward}")
         if self.add_cross_attention:
             raise ValueError("add_cross_attention=True is not supported: YOSO is an encoder-only model")
 
