@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..models.yoso import YosoConfig, YosoForSequenceClassification
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from .data import Split, load_splits
+from .distributed import process_group
 from .softmax import use_softmax_attention
 
 ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
@@ -82,13 +83,6 @@ class TrainArgs:
         for name in ("batch_size", "max_steps", "eval_every", "save_every", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-
-
-def _dist_info() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int):
@@ -164,7 +158,11 @@ class MetricsLog:
 def train(args: TrainArgs) -> dict:
     """Run a training job; returns the final summary (also written to summary.json)."""
     args.validate()
-    rank, world = _dist_info()
+    with process_group() as (rank, world):
+        return _train_in_group(args, rank, world)
+
+
+def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
     out_dir = Path(args.output_dir)
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     state = None
@@ -249,6 +247,4 @@ def train(args: TrainArgs) -> dict:
         from .plot import plot_metrics
 
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "curves.png")
-    if world > 1:
-        dist.destroy_process_group()
     return summary
