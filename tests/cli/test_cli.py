@@ -91,13 +91,17 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
            "-m", "yoso_attention.cli", *train_args(run_dir, tmp_path / "cache", steps=6)]  # fmt: skip
     # Output to files, not pipes: the workers inherit them, and a pipe left unread would block them.
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=out, stderr=err, start_new_session=True)
+        env = {**ENV, "PYTHONFAULTHANDLER": "1"}
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=err, start_new_session=True)
         try:
             returncode = proc.wait(timeout=300)
         except subprocess.TimeoutExpired:
+            # SIGABRT first: with PYTHONFAULTHANDLER every process prints where it hangs into err.txt.
+            subprocess.run(["pkill", "-ABRT", "-f", str(run_dir)])
+            time.sleep(3)
             os.killpg(proc.pid, signal.SIGKILL)
             subprocess.run(["pkill", "-9", "-f", str(run_dir)])  # the workers run in sessions of their own
-            raise AssertionError("torchrun timed out:\n" + (tmp_path / "err.txt").read_text()[-4000:]) from None
+            raise AssertionError("torchrun timed out:\n" + (tmp_path / "err.txt").read_text()[-8000:]) from None
     assert returncode == 0, (tmp_path / "err.txt").read_text()[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
