@@ -1,7 +1,6 @@
 """The transformers ecosystem on a tiny model and a BPE tokenizer trained here (nothing downloaded)."""
 
 import pytest
-import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, Trainer, TrainingArguments, pipeline
 
