@@ -11,41 +11,64 @@ from pathlib import Path
 
 
 def _add_train(sub) -> None:
-    from .training.loop import ATTENTION_KINDS, TrainArgs
+    from .training.args import train_fields
 
-    p = sub.add_parser("train", help="train and evaluate a YosoForSequenceClassification (default: ListOps)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    for f in dataclasses.fields(TrainArgs):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", help=f"{f.name} (flag)")
-        elif f.name == "attention":
-            p.add_argument(flag, choices=ATTENTION_KINDS, default=default, help="attention of the model")
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type).split(" ")[0], str)
-            p.add_argument(flag, type=kind, default=default, help=f.name.replace("_", " "))
+    p = sub.add_parser("train", help="train and evaluate a sequence classifier (default: ListOps)",
+                       description="Train a YOSO (or softmax baseline) classifier; every run is resumable.")  # fmt: skip
+    for name, default, help_text, choices, kind, nargs in train_fields():
+        flag = "--" + name.replace("_", "-")
+        shown = "" if default is None else f" (default: {default})"
+        if kind in ("bool", bool):  # defaults are left out (SUPPRESS) so that a preset can tell what was given
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            continue
+        parse = {"int": int, "float": float}.get(str(kind).split(" ")[0], str)
+        p.add_argument(flag, type=parse, choices=choices, nargs=nargs, default=argparse.SUPPRESS,
+                       help=help_text + shown)  # fmt: skip
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="op and model benchmarks: table, JSON and PNG")
-    p.add_argument("--what", choices=("ops", "models", "both"), default="ops")
-    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    p.add_argument("--model-lengths", type=int, nargs="+", default=[512, 4096])
+    p = sub.add_parser("bench", help="op and model benchmarks: table, JSON and PNG",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    p.add_argument("--what", choices=("ops", "models", "both"), default="ops",
+                   help="ops: yoso_lsh / yoso_expectation vs SDPA and dense YOSO-E; models: 12-layer base models")
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
+                   help="sequence lengths of the op benchmark, in tokens")
+    p.add_argument("--model-lengths", type=int, nargs="+", default=[512, 4096],
+                   help="sequence lengths of the model benchmark, in tokens")
+    p.add_argument("--model-passes", nargs="+", choices=("eval", "train"), default=["eval"],
+                   help="eval: no_grad forward; train: forward + backward of last_hidden_state.sum()")
     p.add_argument("--num-hash", type=int, default=32, help="hash functions of the op benchmark")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-backward", action="store_true")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--output-dir", default="bench_results")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (the median is reported)")
+    p.add_argument("--no-backward", action="store_true", help="op benchmark: forward only")
+    p.add_argument("--threads", type=int, default=2, help="torch and numba threads")
+    p.add_argument("--output-dir", default="bench_results", help="directory for the JSON and PNG results")  # fmt: skip
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="run a saved model on text from a file or stdin")
-    p.add_argument("model_dir")
-    p.add_argument("--input", default="-", help="text file, one example per line; '-' reads stdin")
+    p = sub.add_parser("predict", help="run a saved model on text: class scores, or <mask> fills for a masked LM")
+    p.add_argument("model_dir", help="a model directory written by yoso train (best/ or last/) or save_pretrained")
+    p.add_argument("--input", default="-", help="text file, one example per line; '-' reads stdin (default)")
     p.add_argument("--tokenizer", default=None, help="'bytes', 'listops' or a tokenizer directory "
-                   "(default: the one recorded in the model's training args, else the model directory)")  # fmt: skip
-    p.add_argument("--top-k", type=int, default=3)
+                   "(default: the one recorded in the model's training args, else the model directory)")
+    p.add_argument("--top-k", type=int, default=3, help="predictions shown per example or per <mask> (default: 3)")  # fmt: skip
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="overlay the curves of several runs (e.g. yoso vs yoso-e vs softmax) in one PNG")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by yoso train")
+    p.add_argument("--output", default="curves.png", help="PNG to write (default: curves.png)")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="one legend label per run (default: attention and seed from each run's args.json)")  # fmt: skip
+
+
+def _add_extend(sub) -> None:
+    p = sub.add_parser("extend", help="copy a checkpoint with its position table repeated to a longer --max-length",
+                       description="Lengthen a YOSO, RoBERTa or BERT checkpoint for continued MLM pretraining: the "
+                       "trained position embeddings are repeated up to the new length (the YOSO authors' and "
+                       "Longformer's scheme), every other weight is copied unchanged.")  # fmt: skip
+    p.add_argument("src", help="save_pretrained directory of a yoso, roberta or bert model")
+    p.add_argument("dst", help="new directory to write (must not exist)")
+    p.add_argument("--max-length", type=int, required=True, help="positions of the new model, in tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,15 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_bench(sub)
     _add_predict(sub)
+    _add_plot(sub)
+    _add_extend(sub)
     sub.add_parser("info", help="versions, threads and active fast paths")
     return parser
 
 
-def _train(ns) -> int:
-    from .training.loop import TrainArgs, train
+def _explicit_train_args(ns) -> dict:
+    """The TrainArgs fields given on the command line (their defaults are suppressed)."""
+    from .training.args import TrainArgs
 
     fields = {f.name for f in dataclasses.fields(TrainArgs)}
-    args = TrainArgs(**{k: v for k, v in vars(ns).items() if k in fields})
+    return {k: v for k, v in vars(ns).items() if k in fields}
+
+
+def _train(ns) -> int:
+    from .training.args import resolve_args
+    from .training.loop import train
+
+    args = resolve_args(_explicit_train_args(ns))
     try:
         summary = train(args)
     except KeyboardInterrupt:
@@ -78,8 +111,10 @@ def _bench(ns) -> int:
 
     from .bench import models as model_bench
     from .bench import ops as op_bench
-    from .training.plot import plot_benchmark
+    from .training.plot import MISSING_MATPLOTLIB, have_matplotlib, plot_benchmark
 
+    if not have_matplotlib():
+        print(f"notice: {MISSING_MATPLOTLIB}; the benchmark PNGs are skipped", file=sys.stderr)
     torch.set_num_threads(ns.threads)
     out = Path(ns.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,23 +123,56 @@ def _bench(ns) -> int:
                                             repeats=ns.repeats)  # fmt: skip
         print(op_bench.ratio_table(results))
         (out / "ops.json").write_text(json.dumps(op_bench.as_records(results), indent=2))
-        plot_benchmark(op_bench.as_records(results), out / "ops.png")
+        if have_matplotlib():
+            plot_benchmark(op_bench.as_records(results), out / "ops.png")
     if ns.what in ("models", "both"):
-        results = model_bench.run_model_benchmark(tuple(ns.model_lengths))
+        results = model_bench.run_model_benchmark(tuple(ns.model_lengths), repeats=ns.repeats,
+                                                  passes=tuple(ns.model_passes))  # fmt: skip
         print(model_bench.model_table(results))
         (out / "models.json").write_text(json.dumps(model_bench.as_records(results), indent=2))
-        plot_benchmark(model_bench.as_records(results), out / "models.png")
+        if have_matplotlib():
+            plot_benchmark(model_bench.as_records(results), out / "models.png")
     print(f"results in {out}/")
     return 0
 
 
+def _plot(ns) -> int:
+    from .training.plot import plot_runs, require_matplotlib
+
+    require_matplotlib()
+    runs = [Path(d) for d in ns.run_dirs]
+    for run in runs:
+        if not (run / "metrics.jsonl").exists():
+            raise FileNotFoundError(f"{run}: no metrics.jsonl; expected a run directory written by yoso train")
+    if ns.labels is not None and len(ns.labels) != len(runs):
+        raise ValueError(f"--labels has {len(ns.labels)} labels for {len(runs)} runs; expected one per run")
+    plot_runs(runs, Path(ns.output), ns.labels)
+    print(f"wrote {ns.output}")
+    return 0
+
+
+def _quiet_transformers() -> None:
+    """No "Loading weights" / "Writing model shards" bars inside our own progress display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    _quiet_transformers()
     try:
         if ns.command == "train":
             return _train(ns)
         if ns.command == "bench":
             return _bench(ns)
+        if ns.command == "plot":
+            return _plot(ns)
+        if ns.command == "extend":
+            from .models.yoso.convert import extend_checkpoint
+
+            print(extend_checkpoint(ns.src, ns.dst, ns.max_length))
+            return 0
         if ns.command == "predict":
             from .predict import predict
 
@@ -112,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         from .predict import info
 
         return info()
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError, OSError) as exc:
         print(f"yoso {ns.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -41,11 +41,10 @@ def predict(model_dir: str, input_path: str, tokenizer: str | None, top_k: int) 
     model_dir = Path(model_dir)
     model, masked_lm = _load_model(model_dir)
     spec = _tokenizer_spec(model_dir, tokenizer)
-    if masked_lm:
-        from transformers import AutoTokenizer, pipeline
-
-        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
-        fill = pipeline("fill-mask", model=model, tokenizer=tok, top_k=top_k)
+    if masked_lm and spec == "bytes":
+        fill = lambda text: _fill_bytes(model, text, top_k)  # noqa: E731
+    elif masked_lm:
+        fill = _pipeline_fill(model, spec, top_k)
     else:
         encode, _, _ = make_tokenizer(spec)
     source = sys.stdin if input_path == "-" else open(input_path, encoding="utf-8")
@@ -55,7 +54,7 @@ def predict(model_dir: str, input_path: str, tokenizer: str | None, top_k: int) 
             if not text:
                 continue
             if masked_lm:
-                result = [{"token": r["token_str"], "score": round(r["score"], 4)} for r in fill(text)]
+                result = fill(text)
             else:
                 ids = encode(text)[: model.config.max_position_embeddings]
                 probs = model(input_ids=torch.tensor([ids])).logits.softmax(-1)[0]
@@ -65,6 +64,52 @@ def predict(model_dir: str, input_path: str, tokenizer: str | None, top_k: int) 
                           for s, i in zip(scores, labels)]  # fmt: skip
             print(json.dumps({"text": text[:80], "predictions": result}))
     return 0
+
+
+def _pipeline_fill(model, spec: str, top_k: int):
+    """transformers' fill-mask pipeline with the model's tokenizer directory; [{"token", "score"}] per mask."""
+    from transformers import AutoTokenizer, pipeline
+
+    from .hub import local_dir
+
+    tok = AutoTokenizer.from_pretrained(local_dir(spec, "--tokenizer", "'bytes'"), local_files_only=True)
+    fill = pipeline("fill-mask", model=model, tokenizer=tok, top_k=top_k)
+
+    def run(text: str):
+        out = fill(text)
+        rows = [out] if out and isinstance(out[0], dict) else out
+        result = [[{"token": r["token_str"], "score": round(r["score"], 4)} for r in row] for row in rows]
+        return result[0] if len(result) == 1 else result
+
+    return run
+
+
+MASK_MARK = "<mask>"
+
+
+def _fill_bytes(model, text: str, top_k: int) -> list[dict]:
+    """Fill-mask for a byte-level masked LM: each "<mask>" in ``text`` stands for one byte."""
+    from .data.text import make_mlm_tokenizer
+
+    encode, vocab = make_mlm_tokenizer("bytes")
+    pieces = text.split(MASK_MARK)
+    if len(pieces) == 1:
+        raise ValueError(f"no {MASK_MARK} in {text[:60]!r}; a masked LM fills {MASK_MARK} tokens")
+    ids = [vocab.cls_id]
+    for i, piece in enumerate(pieces):
+        ids += encode(piece) + ([vocab.mask_id] if i < len(pieces) - 1 else [])
+    ids = (ids + [vocab.sep_id])[: model.config.max_position_embeddings]
+    logits = model(input_ids=torch.tensor([ids])).logits[0]  # (n, vocab)
+    result = []
+    for pos in (i for i, t in enumerate(ids) if t == vocab.mask_id):
+        probs = logits[pos, 2 : 2 + 256].softmax(-1)  # over the 256 byte ids only
+        scores, bytes_ = probs.topk(top_k)
+        result.append([{"token": _byte_str(int(b)), "score": round(float(p), 4)} for p, b in zip(scores, bytes_)])
+    return result[0] if len(result) == 1 else result
+
+
+def _byte_str(byte: int) -> str:
+    return chr(byte) if 32 <= byte < 127 else f"\\x{byte:02x}"
 
 
 def info() -> int:

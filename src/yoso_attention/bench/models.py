@@ -1,5 +1,7 @@
 """Whole-model benchmark: our YosoModel (sampling and YOSO-E) against transformers' YosoModel and a
-RoBERTa of the same size with SDPA attention, batch 1, fp32, eval forward, in one run.
+RoBERTa of the same size with SDPA attention, batch 1, fp32, in one run. Two passes: "eval" (forward
+under no_grad, eval mode) and "train" (train mode, forward + backward of last_hidden_state.sum(), the
+cost of one training step without the optimizer).
 
 "floor" is our model with the token mixing of every attention layer replaced by the identity (each token
 gets its own value vector; the q, k, v projections still run): the cost of the dense layers alone, which
@@ -24,6 +26,7 @@ QUADRATIC_YOSO_MAX_N = 4096  # YOSO-E beyond: transformers' needs 12.9 GB per n 
 class ModelResult:
     method: str
     n: int
+    pass_: str  # "eval" or "train"
     seconds: float
     peak_mb: float
 
@@ -39,8 +42,8 @@ def identity_attention():
     original = YosoSelfAttention.forward
 
     def forward(self, hidden_states, mask=None, output_attentions=False):
-        self.query(hidden_states), self.key(hidden_states)  # dense work that attention's inputs cost
-        return self.value(hidden_states), None
+        q, k = self.query(hidden_states), self.key(hidden_states)  # dense work that attention's inputs cost
+        return self.value(hidden_states) + 0.0 * (q + k), None  # q, k stay in the graph: their backward too
 
     YosoSelfAttention.forward = forward
     try:
@@ -49,7 +52,7 @@ def identity_attention():
         YosoSelfAttention.forward = original
 
 
-def _builders(n: int, num_hash: int, tau: int):
+def _builders(n: int, num_hash: int, tau: int, pass_: str):
     import transformers
 
     ours = dict(hash_code_len=tau, num_hash=num_hash)
@@ -62,48 +65,60 @@ def _builders(n: int, num_hash: int, tau: int):
     }  # fmt: skip
     if n <= QUADRATIC_YOSO_MAX_N:
         builders["yoso-e (ours)"] = (lambda: YosoModel(YosoConfig(**base_config(n, **ours))), contextlib.nullcontext)
-        builders["transformers yoso-e"] = (
-            lambda: transformers.YosoModel(transformers.YosoConfig(**base_config(n))),
-            contextlib.nullcontext,
-        )
+        if pass_ == "eval":  # its training step keeps n x n matrices per layer: tens of GB at n = 4096
+            builders["transformers yoso-e"] = (
+                lambda: transformers.YosoModel(transformers.YosoConfig(**base_config(n))),
+                contextlib.nullcontext,
+            )
     return builders
 
 
+def _step(model, ids, pass_: str):
+    """One call of the pass: a no_grad forward (eval) or forward + backward (train)."""
+    if pass_ == "eval":
+        with torch.no_grad():
+            return model(ids)
+    model.zero_grad(set_to_none=True)
+    model(ids).last_hidden_state.sum().backward()
+
+
 def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, repeats: int = 1,
-                        methods: list[str] | None = None, progress=print) -> list[ModelResult]:  # fmt: skip
+                        methods: list[str] | None = None, passes=("eval",), progress=print) -> list[ModelResult]:  # fmt: skip
     plan = []
-    for n in lengths:
-        ids = torch.randint(3, 50265, (1, n), generator=torch.Generator().manual_seed(n))
-        plan += [(name, n, ids, build, context) for name, (build, context) in _builders(n, num_hash, tau).items()
-                 if not methods or name in methods]  # fmt: skip
+    for pass_ in passes:
+        for n in lengths:
+            ids = torch.randint(3, 50265, (1, n), generator=torch.Generator().manual_seed(n))
+            plan += [(name, n, pass_, ids, build, context)
+                     for name, (build, context) in _builders(n, num_hash, tau, pass_).items()
+                     if not methods or name in methods]  # fmt: skip
     results = []
-    for name, n, ids, build, context in plan:  # timings first: exact_rss_mode below adds page faults
-        model = build().eval()
-        with torch.no_grad(), context():
-            sec = median_seconds(lambda: model(ids), repeats=repeats, warmup=1)
+    for name, n, pass_, ids, build, context in plan:  # timings first: exact_rss_mode below adds page faults
+        model = build().train(pass_ == "train")
+        with context():
+            sec = median_seconds(lambda m=model: _step(m, ids, pass_), repeats=repeats, warmup=1)
         del model
-        results.append(ModelResult(name, n, sec, float("nan")))
-        progress(f"n={n:6d} {name:30s} {sec:8.2f} s")
+        results.append(ModelResult(name, n, pass_, sec, float("nan")))
+        progress(f"n={n:6d} {pass_:5s} {name:30s} {sec:8.2f} s")
     exact_rss_mode()
-    for result, (name, n, ids, build, context) in zip(results, plan):
-        model = build().eval()
-        with torch.no_grad(), context():
-            result.peak_mb = peak_bytes(lambda: model(ids)) / 2**20
+    for result, (name, n, pass_, ids, build, context) in zip(results, plan):
+        model = build().train(pass_ == "train")
+        with context():
+            result.peak_mb = peak_bytes(lambda m=model: _step(m, ids, pass_)) / 2**20
         del model
-        progress(f"n={n:6d} {name:30s} peak {result.peak_mb:8.0f} MB")
+        progress(f"n={n:6d} {pass_:5s} {name:30s} peak {result.peak_mb:8.0f} MB")
     return results
 
 
 def model_table(results: list[ModelResult]) -> str:
-    by_key = {(r.method, r.n): r for r in results}
-    lines = ["| n | model | time (s) | peak (MB) | ours (sampling) is faster by | attention share |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    by_key = {(r.method, r.n, r.pass_): r for r in results}
+    lines = ["| n | pass | model | time (s) | peak (MB) | ours (sampling) is faster by | attention share |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results:
-        ours = by_key.get(("yoso (ours, sampling)", r.n))
-        floor = by_key.get(("floor (attention = identity)", r.n))
+        ours = by_key.get(("yoso (ours, sampling)", r.n, r.pass_))
+        floor = by_key.get(("floor (attention = identity)", r.n, r.pass_))
         speedup = f"{r.seconds / ours.seconds:.2f}x" if ours else "-"
         share = f"{max(0.0, (r.seconds - floor.seconds) / r.seconds):.0%}" if floor and r is not floor else "-"
-        lines.append(f"| {r.n} | {r.method} | {r.seconds:.2f} | {r.peak_mb:.0f} | {speedup} | {share} |")
+        lines.append(f"| {r.n} | {r.pass_} | {r.method} | {r.seconds:.2f} | {r.peak_mb:.0f} | {speedup} | {share} |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import listops
+from .mlm import MlmVocab
 
 BYTE_VOCAB_SIZE = 258  # pad 0, cls 1, bytes 2..257
 
@@ -74,20 +75,41 @@ def check_labels(rows: list[dict], num_classes: int, source: str) -> None:
             raise ValueError(f"{where}: label {row['label']} is outside the {num_classes} classes [0, {num_classes})")
 
 
+def _auto_tokenizer(kind: str):
+    from transformers import AutoTokenizer
+
+    from ..hub import local_dir
+
+    return AutoTokenizer.from_pretrained(local_dir(kind, "--tokenizer", "'bytes'"), local_files_only=True)
+
+
 def make_tokenizer(kind: str) -> tuple[Callable[[str], list[int]], int, int]:
-    """(encode, vocab_size, pad_id) for 'bytes', 'listops' or a tokenizer directory."""
+    """(encode, vocab_size, pad_id) for 'bytes', 'listops' or a tokenizer directory (or cached hub id)."""
     if kind == "bytes":
         return byte_tokenize, BYTE_VOCAB_SIZE, 0
     if kind == "listops":
         return listops.tokenize, len(listops.VOCAB), 0
-    path = Path(kind)
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer {kind!r} is neither 'bytes' nor a tokenizer directory")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok = _auto_tokenizer(kind)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     return (lambda text: tok(text, add_special_tokens=True)["input_ids"]), len(tok), pad
+
+
+def make_mlm_tokenizer(kind: str) -> tuple[Callable[[str], list[int]], MlmVocab]:
+    """(encode without special tokens, special ids) for masked-LM training. 'bytes' adds [sep] 258 and
+    [mask] 259 to the byte vocabulary; a tokenizer directory must have a mask token."""
+    if kind == "bytes":
+        return (lambda text: [b + 2 for b in text.encode("utf-8")]), MlmVocab(BYTE_VOCAB_SIZE + 2, 0, 259, 1, 258)
+    if kind == "listops":
+        raise ValueError("--tokenizer listops has no mask token; use 'bytes' or a tokenizer directory for --task mlm")
+    tok = _auto_tokenizer(kind)
+    if tok.mask_token_id is None:
+        raise ValueError(f"tokenizer {kind!r} has no mask token; --task mlm needs one (e.g. RoBERTa's <mask>)")
+    cls = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+    sep = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+    if cls is None or sep is None or tok.pad_token_id is None:
+        raise ValueError(f"tokenizer {kind!r} lacks a cls/bos, sep/eos or pad token; --task mlm needs all three")
+    vocab = MlmVocab(len(tok), tok.pad_token_id, tok.mask_token_id, cls, sep)
+    return (lambda text: tok(text, add_special_tokens=False)["input_ids"]), vocab
 
 
 def encode(rows: list[dict], encode_fn, max_length: int) -> list[tuple[list[int], int]]:

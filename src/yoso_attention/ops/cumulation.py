@@ -1,8 +1,9 @@
 """Bucket tables: scatter keys into 2**tau buckets per hash, gather them back at the queries' codes.
 
-Internal layout: codes (B, m, n) int32, values (B, n, dv) float32, masks (B, n) bool. The numba kernels
-are the CPU path; the torch functions below are the portable path (CUDA, or CPU without numba) and use
-hash chunks so that their memory stays O(n * d) per chunk.
+Internal layout: codes (B, m, n) of an integer type (the ops keep them in ``code_dtype``), values
+(B, n, dv) float32, masks (B, n) bool, all contiguous. The numba kernels are the CPU path; the torch
+functions below are the portable path (CUDA, or CPU without numba) and use hash chunks so that their
+memory stays O(n * d) per chunk.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import torch
 
 from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_codes, check_float, check_hash_params, check_mask
+from .hashing import code_dtype
+from .normalize import flat_rows
 
 _CHUNK_ELEMENTS = 1 << 24  # elements of the (B, n, hash chunk, dv) scratch in the torch path
 
@@ -71,7 +74,7 @@ def weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_bucke
         dq = _weighted_torch(q_codes, k_codes, q_mask, k_mask, dout, v, kn, n_buckets)
         dk = _weighted_torch(k_codes, q_codes, k_mask, q_mask, v, dout, qn, n_buckets)
         return dq, dk
-    dq, dk = torch.zeros_like(qn), torch.zeros_like(kn)
+    dq, dk = torch.zeros(qn.shape), torch.zeros(kn.shape)  # contiguous whatever qn's layout
     arrays = [as_numpy(t) for t in (q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask)]
     kernels.lsh_weighted_backward(*arrays, n_buckets, dq.numpy(), dk.numpy())
     return dq, dk
@@ -139,8 +142,9 @@ def lsh_cumulation(
             raise ValueError(f"{name} is on {t.device}, expected v's device {v.device}")
     q_mask = flat_mask(check_mask("q_mask", q_mask, (*lead, n_q), v.device), (*lead, n_q), v.device)
     k_mask = flat_mask(check_mask("k_mask", k_mask, (*lead, n_k), v.device), (*lead, n_k), v.device)
-    qc = q_codes.reshape(-1, n_q, m).transpose(1, 2).to(torch.int32).contiguous()  # (B, m, L)
-    kc = k_codes.reshape(-1, n_k, m).transpose(1, 2).to(torch.int32).contiguous()  # (B, m, S)
+    small = code_dtype(hash_code_len)
+    qc = q_codes.reshape(-1, n_q, m).transpose(1, 2).to(small).contiguous()  # (B, m, L)
+    kc = k_codes.reshape(-1, n_k, m).transpose(1, 2).to(small).contiguous()  # (B, m, S)
     with fp32_region(v):
-        out = _Cumulation.apply(qc, kc, v.reshape(-1, n_k, v.shape[-1]).float(), q_mask, k_mask, 2**hash_code_len)
+        out = _Cumulation.apply(qc, kc, flat_rows(v), q_mask, k_mask, 2**hash_code_len)
     return out.reshape(*lead, n_q, v.shape[-1]).to(v.dtype)

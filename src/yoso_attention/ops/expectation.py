@@ -16,7 +16,7 @@ import torch
 from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
-from .hashing import unit_rows
+from .normalize import flat_rows, unit_rows, unit_rows_backward
 
 _BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
 EXACT_GRAD_EPS = 1e-6  # cos clamped to [-1 + eps, 1 - eps] in the exact derivative, singular at +-1
@@ -88,22 +88,27 @@ def expectation_backward(qn, kn, v, dout, q_mask, k_mask, tau: int, exact: bool)
 
 
 class _Expectation(torch.autograd.Function):
+    """Differentiable in the raw q, k (normalised inside) and v; saves q, k, v only."""
+
     @staticmethod
-    def forward(ctx, qn, kn, v, q_mask, k_mask, tau, exact_grad):
-        ctx.save_for_backward(qn, kn, v, q_mask, k_mask)
+    def forward(ctx, q, k, v, q_mask, k_mask, tau, exact_grad):
+        ctx.save_for_backward(q, k, v, q_mask, k_mask)
         ctx.tau, ctx.exact_grad = tau, exact_grad
-        return expectation_forward(qn, kn, v, q_mask, k_mask, tau)
+        return expectation_forward(unit_rows(q)[0], unit_rows(k)[0], v, q_mask, k_mask, tau)
 
     @staticmethod
     def backward(ctx, grad):
-        qn, kn, v, q_mask, k_mask = ctx.saved_tensors
+        q, k, v, q_mask, k_mask = ctx.saved_tensors
         with fp32_region(grad):
-            dq, dk, dv = expectation_backward(qn, kn, v, grad.float(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
+            (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
+            dqn, dkn, dv = expectation_backward(qn, kn, v, grad.float(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
+            dq, dk = unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn)
         return dq, dk, dv, None, None, None, None
 
 
 def prepare(q, k, v, mask):
-    """Validate, flatten leading dims and normalise: returns (qn, kn, v32, q_mask, k_mask) in (B, n, .)."""
+    """Validate and flatten leading dims: returns contiguous float32 (q, k, v) in (B, n, .) and the
+    (B, n) bool masks (q_mask, k_mask)."""
     check_qkv(q, k, v)
     n_q, n_k = q.shape[-2], k.shape[-2]
     q_shape = q.shape[:-1]
@@ -112,7 +117,7 @@ def prepare(q, k, v, mask):
     mask = check_mask("mask", mask, q_shape, q.device)
     q_mask = flat_mask(mask, q_shape, q.device)
     k_mask = q_mask if mask is not None else flat_mask(None, k.shape[:-1], q.device)
-    return unit_rows(q), unit_rows(k), v.reshape(-1, n_k, v.shape[-1]).float(), q_mask, k_mask
+    return flat_rows(q), flat_rows(k), flat_rows(v), q_mask, k_mask
 
 
 def yoso_expectation(
@@ -145,6 +150,6 @@ def yoso_expectation(
     """
     check_hash_params(None, hash_code_len)
     with fp32_region(q):
-        qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
-        out = _Expectation.apply(qn, kn, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
+        q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
+        out = _Expectation.apply(q32, k32, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

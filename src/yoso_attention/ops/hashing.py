@@ -1,7 +1,8 @@
 """Sign-random-projection hashing (Charikar 2002) as used by YOSO (Zeng et al., ICML 2021, sec. 3).
 
 A tau-bit hash of x is the sign pattern of tau random projections; two vectors collide with probability
-(1 - angle / pi) ** tau. Two families:
+(1 - angle / pi) ** tau. Signs of linear projections depend only on x's direction, so rows are hashed
+as they are (no normalisation pass). Two families:
 
 - Gaussian: P x with P (num_hash * tau, d) i.i.d. N(0, 1).
 - Fast (Hadamard): H D3 H D2 H D1 x with H the unnormalised Walsh-Hadamard transform of size d_pad (d
@@ -15,16 +16,15 @@ always gives the same codes, whichever entry point (``hash_codes`` or ``yoso_lsh
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_float, check_hash_params
+from .normalize import flat_rows
 
 
-def unit_rows(x: torch.Tensor) -> torch.Tensor:
-    """(..., n, d) -> (B, n, d) float32 rows of norm 1: what the ops hash and attend with. hash_codes and
-    yoso_lsh both call this, so their codes agree bit for bit."""
-    return F.normalize(x.reshape(-1, x.shape[-2], x.shape[-1]).float(), dim=-1)
+def code_dtype(tau: int) -> torch.dtype:
+    """The smallest integer type holding codes in [0, 2**tau): what the backward keeps per query and key."""
+    return torch.uint8 if tau <= 8 else torch.int16 if tau <= 15 else torch.int32
 
 
 def padded_dim(d: int) -> int:
@@ -53,12 +53,12 @@ def hadamard(size: int, device: torch.device) -> torch.Tensor:
 
 
 def _codes_from_projections(proj: torch.Tensor, num_hash: int, tau: int) -> torch.Tensor:
-    """proj (B, n, >= num_hash * tau) -> codes (B, num_hash, n) int32."""
+    """proj (B, n, >= num_hash * tau) -> codes (B, num_hash, n) of code_dtype(tau)."""
     n_b, n, _ = proj.shape
     bits = proj[..., : num_hash * tau].reshape(n_b, n, num_hash, tau) > 0  # (B, n, m, tau)
     weights = torch.pow(2, torch.arange(tau, device=proj.device, dtype=torch.int32))
     codes = (bits.to(torch.int32) * weights).sum(-1, dtype=torch.int32)  # (B, n, m)
-    return codes.transpose(1, 2).contiguous()
+    return codes.transpose(1, 2).to(code_dtype(tau)).contiguous()
 
 
 def _fast_projection_matrix(signs: torch.Tensor, d: int, tau: int) -> torch.Tensor:
@@ -80,28 +80,28 @@ def _draw(n_b: int, d: int, num_hash: int, tau: int, fast: bool, device, generat
 
 
 def _hash_one(x: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int, fast: bool) -> torch.Tensor:
-    """x (B, n, d) float32 -> codes (B, num_hash, n) int32."""
+    """x (B, n, d) float32 -> codes (B, num_hash, n) of code_dtype(tau)."""
     kernels = numba_kernels(x)
     if kernels is not None and fast:
-        codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=torch.int32)
+        codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
         kernels.fast_hash_codes(as_numpy(x), as_numpy(randomness), num_hash, tau, codes.numpy())
         return codes
     proj_matrix = _fast_projection_matrix(randomness, x.shape[-1], tau) if fast else randomness
     proj = torch.bmm(x, proj_matrix)  # (B, n, >= num_hash * tau)
     if kernels is None:
         return _codes_from_projections(proj, num_hash, tau)
-    codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=torch.int32)
+    codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
     kernels.sign_codes(proj.numpy(), num_hash, tau, codes.numpy())
     return codes
 
 
 def hash_flat(
-    qn: torch.Tensor, kn: torch.Tensor, num_hash: int, tau: int, fast: bool, generator: torch.Generator | None
+    q: torch.Tensor, k: torch.Tensor, num_hash: int, tau: int, fast: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """qn (B, L, d), kn (B, S, d) float32 unit rows -> codes (B, num_hash, L), (B, num_hash, S), int32,
-    sharing one draw."""
-    randomness = _draw(qn.shape[0], qn.shape[-1], num_hash, tau, fast, qn.device, generator)
-    return _hash_one(qn.detach(), randomness, num_hash, tau, fast), _hash_one(kn.detach(), randomness, num_hash, tau, fast)
+    """q (B, L, d), k (B, S, d) contiguous float32 (see ``flat_rows``) -> codes (B, num_hash, L) and
+    (B, num_hash, S) of code_dtype(tau), sharing one draw."""
+    randomness = _draw(q.shape[0], q.shape[-1], num_hash, tau, fast, q.device, generator)
+    return _hash_one(q.detach(), randomness, num_hash, tau, fast), _hash_one(k.detach(), randomness, num_hash, tau, fast)
 
 
 def hash_codes(
@@ -136,9 +136,9 @@ def hash_codes(
             f"{tuple(q.shape[:-2])} on {q.device} like q"
         )
     lead = q.shape[:-2]
-    with fp32_region(q):  # the same normalised fp32 rows that yoso_lsh hashes, so the codes agree exactly
-        q_codes, k_codes = hash_flat(unit_rows(q), unit_rows(k), num_hash, hash_code_len, fast_hash, generator)
+    with fp32_region(q):  # the same fp32 rows that yoso_lsh hashes, so the codes agree exactly
+        q_codes, k_codes = hash_flat(flat_rows(q), flat_rows(k), num_hash, hash_code_len, fast_hash, generator)
     return (
-        q_codes.transpose(1, 2).reshape(*lead, q.shape[-2], num_hash),
-        k_codes.transpose(1, 2).reshape(*lead, k.shape[-2], num_hash),
+        q_codes.transpose(1, 2).reshape(*lead, q.shape[-2], num_hash).to(torch.int32),
+        k_codes.transpose(1, 2).reshape(*lead, k.shape[-2], num_hash).to(torch.int32),
     )

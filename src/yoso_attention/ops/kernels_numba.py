@@ -209,8 +209,9 @@ def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_b
                             w = np.float32(0.0)
                             for l in range(dv):
                                 w += dout[b, i, l] * v[b, j, l]
-                            for l in range(d):
+                            for l in range(d):  # two loops: each unrolls to 4 vector FMAs (one loop: 1)
                                 dq[b, i, l] += w * kn[b, j, l]
+                            for l in range(d):
                                 dk[b, j, l] += w * qn[b, i, l]
                 else:
                     a_mat[:] = 0.0
@@ -309,3 +310,19 @@ def collision_prob_and_weight_(cos, dov, k_mask, tau, exact, eps):
                 dov[b, i, j] *= half_tau * low[j] * base[j] * k_mask[b, j]
         for j in range(n_s):
             cos[b, i, j] = low[j] * base[j] * k_mask[b, j]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def unit_rows_backward(xn, norm, grad, eps, out):
+    """out[b, i] = (grad - xn (xn . grad)) / norm for rows with norm > eps, grad / eps otherwise; one pass."""
+    n_b, n, d = xn.shape
+    for t in prange(n_b * n):
+        b = t // n
+        i = t % n
+        radial = np.float32(0.0)
+        if norm[b, i, 0] > eps:
+            for l in range(d):
+                radial += xn[b, i, l] * grad[b, i, l]
+        inv = np.float32(1.0) / norm[b, i, 0]
+        for l in range(d):
+            out[b, i, l] = (grad[b, i, l] - xn[b, i, l] * radial) * inv

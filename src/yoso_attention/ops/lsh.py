@@ -18,12 +18,16 @@ from .checks import check_hash_params
 from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import hash_flat
+from .normalize import unit_rows, unit_rows_backward
 
 
 class _LSHCumulation(torch.autograd.Function):
+    """Differentiable in the raw q, k (normalised inside) and v. Saves q, k, v, the codes in their smallest
+    integer type and the masks: the unit rows are recomputed in backward, not kept."""
+
     @staticmethod
-    def forward(ctx, qn, kn, v, q_codes, k_codes, q_mask, k_mask, tau, lsh_backward):
-        ctx.save_for_backward(qn, kn, v, q_codes, k_codes, q_mask, k_mask)
+    def forward(ctx, q, k, v, q_codes, k_codes, q_mask, k_mask, tau, lsh_backward):
+        ctx.save_for_backward(q, k, v, q_codes, k_codes, q_mask, k_mask)
         ctx.tau, ctx.lsh_backward = tau, lsh_backward
         return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau)
 
@@ -34,15 +38,18 @@ class _LSHCumulation(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad):
-        qn, kn, v, q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
+        q, k, v, q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
         tau = ctx.tau
-        if not ctx.lsh_backward:
-            dq, dk, dv = expectation_backward(qn, kn, v, grad, q_mask, k_mask, tau, exact=False)
-            return dq, dk, dv, None, None, None, None, None, None
-        dv = cumulate(k_codes, q_codes, grad, k_mask, q_mask, 2**tau)
-        dq, dk = weighted_backward(q_codes, k_codes, qn, kn, v, grad, q_mask, k_mask, 2**tau)
-        scale = tau / (2 * q_codes.shape[1])
-        return dq * scale, dk * scale, dv, None, None, None, None, None, None
+        (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
+        if ctx.lsh_backward:
+            dv = cumulate(k_codes, q_codes, grad, k_mask, q_mask, 2**tau)
+            dqn, dkn = weighted_backward(q_codes, k_codes, qn, kn, v, grad, q_mask, k_mask, 2**tau)
+            scale = tau / (2 * q_codes.shape[1])
+            dqn, dkn = dqn.mul_(scale), dkn.mul_(scale)
+        else:
+            dqn, dkn, dv = expectation_backward(qn, kn, v, grad, q_mask, k_mask, tau, exact=False)
+        dq, dk = unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def yoso_lsh(
@@ -81,7 +88,7 @@ def yoso_lsh(
     """
     check_hash_params(num_hash, hash_code_len)
     with fp32_region(q):
-        qn, kn, v32, q_mask, k_mask = prepare(q, k, v, mask)
-        q_codes, k_codes = hash_flat(qn, kn, num_hash, hash_code_len, fast_hash, generator)
-        out = _LSHCumulation.apply(qn, kn, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
+        q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
+        q_codes, k_codes = hash_flat(q32, k32, num_hash, hash_code_len, fast_hash, generator)
+        out = _LSHCumulation.apply(q32, k32, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

@@ -10,125 +10,106 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import resource
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..models.yoso import YosoConfig, YosoForSequenceClassification
+from ..hub import local_dir
+from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification
+from .args import TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
-from .data import Split, load_splits
+from .data import MlmSplit, Split, load_splits
 from .distributed import process_group
+from .plot import MISSING_MATPLOTLIB, have_matplotlib, plot_runs
 from .softmax import use_softmax_attention
 
-ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
-
-
-@dataclass
-class TrainArgs:
-    task: str = "listops"
-    output_dir: str = "runs/listops"
-    attention: str = "yoso"
-    max_length: int = 512
-    # listops
-    train_examples: int = 6000
-    eval_examples: int = 500
-    test_examples: int = 500
-    min_length: int = 16
-    max_depth: int = 6
-    leaf_prob: float = 0.35
-    # text
-    train_file: str | None = None
-    eval_file: str | None = None
-    test_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    tokenizer: str = "bytes"
-    num_classes: int = 2
-    # model
-    init_from: str | None = None
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 128
-    num_hash: int = 16
-    hash_code_len: int = 6
-    conv_window: int | None = None
-    dropout: float = 0.1
-    # optimisation
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    max_steps: int = 1200
-    eval_every: int = 200
-    save_every: int = 200
-    seed: int = 0
-    resume: bool = False
-    cache_dir: str = field(default_factory=lambda: os.path.join(os.path.expanduser("~"), ".cache", "yoso_attention"))
-
-    def validate(self) -> None:
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"unknown attention {self.attention!r}, expected one of {ATTENTION_KINDS}")
-        if self.task not in ("listops", "text"):
-            raise ValueError(f"unknown task {self.task!r}, expected 'listops' or 'text'")
-        if self.task == "text" and not self.train_file:
-            raise ValueError("--task text needs --train-file")
-        for name in ("batch_size", "max_steps", "eval_every", "save_every", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-
-
-def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int):
+def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int | None):
+    """A YosoForMaskedLM (num_classes None) or YosoForSequenceClassification: fresh, or from --init-from."""
+    cls = YosoForMaskedLM if num_classes is None else YosoForSequenceClassification
+    labels = {} if num_classes is None else {"num_labels": num_classes}
     if args.init_from:
-        model = YosoForSequenceClassification.from_pretrained(args.init_from, num_labels=num_classes)
-        if getattr(model.config, "attention_kind", None) == "softmax":
-            use_softmax_attention(model)
-        return model
-    config = YosoConfig(
-        vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
-        num_attention_heads=args.num_heads, intermediate_size=args.intermediate_size,
-        max_position_embeddings=args.max_length, num_labels=num_classes, pad_token_id=pad_id, bos_token_id=None,
-        eos_token_id=None, hidden_dropout_prob=args.dropout, use_expectation=args.attention == "yoso-e",
-        num_hash=args.num_hash, hash_code_len=args.hash_code_len, conv_window=args.conv_window,
-        use_fast_hash=args.hidden_size // args.num_heads >= args.hash_code_len,
-    )  # fmt: skip
-    model = YosoForSequenceClassification(config)
-    model.config.attention_kind = args.attention
-    if args.attention == "softmax":
+        model = cls.from_pretrained(local_dir(args.init_from, "--init-from"), **labels)
+        check_fits(model.config, args, vocab_size)
+    else:
+        config = YosoConfig(
+            vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+            num_attention_heads=args.num_heads, intermediate_size=args.intermediate_size,
+            max_position_embeddings=args.max_length, pad_token_id=pad_id, bos_token_id=None, eos_token_id=None,
+            hidden_dropout_prob=args.dropout, use_expectation=args.attention == "yoso-e", num_hash=args.num_hash,
+            hash_code_len=args.hash_code_len, conv_window=args.conv_window, classifier_pooling=args.pooling,
+            use_fast_hash=args.hidden_size // args.num_heads >= args.hash_code_len, **labels,
+        )  # fmt: skip
+        model = cls(config)
+        model.config.attention_kind = args.attention
+    if args.task == "listops":
+        model.config.id2label = {i: str(i) for i in range(num_classes)}  # ListOps' classes are the digits
+        model.config.label2id = {str(i): i for i in range(num_classes)}
+    if getattr(model.config, "attention_kind", None) == "softmax":
         use_softmax_attention(model)
     return model
 
 
+def check_fits(config: YosoConfig, args: TrainArgs, vocab_size: int) -> None:
+    """A model from --init-from must have the positions and vocabulary the data needs."""
+    if args.max_length > config.max_position_embeddings:
+        raise ValueError(
+            f"--max-length {args.max_length} exceeds the {config.max_position_embeddings} positions of the model in "
+            f"{args.init_from}; lengthen it first: yoso extend {args.init_from} DST --max-length {args.max_length}"
+        )
+    if vocab_size > config.vocab_size:
+        raise ValueError(f"the tokenizer has {vocab_size} ids but the model in {args.init_from} only "
+                         f"{config.vocab_size}; use the model's own tokenizer (--tokenizer)")  # fmt: skip
+
+
 def _lr_lambda(args: TrainArgs):
+    """Linear warm-up from 0, then cosine or linear decay to 0 at max_steps (or constant)."""
+
     def fn(step: int) -> float:
         if step < args.warmup_steps:
             return (step + 1) / args.warmup_steps
-        progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        progress = min(1.0, (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps))
+        if args.lr_schedule == "linear":
+            return 1.0 - progress
+        if args.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
 
     return fn
 
 
 @torch.no_grad()
-def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> float:
+def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> dict[str, float]:
+    """Accuracy and mean cross-entropy over the labelled positions: the examples of a classifier, the
+    masked tokens of a masked LM (labels -100 elsewhere); a masked LM also gets its perplexity."""
     model.eval()
-    correct = total = 0
+    sums = torch.zeros(3, dtype=torch.float64)  # correct, loss, labelled positions
     for input_ids, mask, labels in split.batches(batch_size, rank, world):
-        preds = model(input_ids=input_ids, attention_mask=mask).logits.argmax(-1)
-        correct += int((preds == labels).sum())
-        total += len(labels)
-    counts = torch.tensor([correct, total], dtype=torch.float64)
+        logits = model(input_ids=input_ids, attention_mask=mask).logits  # (batch, [n,] classes)
+        picked = labels != -100
+        logits, labels = logits[picked], labels[picked]
+        sums += torch.tensor([float((logits.argmax(-1) == labels).sum()),
+                              float(F.cross_entropy(logits.float(), labels, reduction="sum")), float(len(labels))])  # fmt: skip
     if world > 1:
-        dist.all_reduce(counts)
+        dist.all_reduce(sums)
     model.train()
-    return float(counts[0] / counts[1]) if counts[1] else float("nan")
+    count = max(1.0, float(sums[2]))
+    metrics = {"accuracy": float(sums[0]) / count, "loss": float(sums[1]) / count}
+    if isinstance(split, MlmSplit):
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+    return metrics
+
+
+def score(metrics: dict[str, float], task: str) -> float:
+    """What "best" means: eval accuracy for classifiers, lowest eval loss for masked LMs."""
+    return -metrics["loss"] if task == "mlm" else metrics["accuracy"]
 
 
 def _parse_record(line: str) -> dict | None:
@@ -178,27 +159,29 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
     model = build_model(args, vocab_size, pad_id, num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args))
-    step, best = 0, -1.0
+    step, best = 0, -math.inf
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, best = state["step"], state["best_accuracy"]
+        step, best = state["step"], state.get("best_score", state.get("best_accuracy"))
         restore_rng(state)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     log = None
     if rank == 0:
+        if not have_matplotlib():
+            print(f"notice: {MISSING_MATPLOTLIB}; curves.png is skipped", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(asdict(args), indent=2))
         log = MetricsLog(out_dir / "metrics.jsonl", step if state else None)
 
     def checkpoint(path: Path) -> None:
         if rank == 0:
-            save_checkpoint(path, model, optimizer, scheduler, step, {"best_accuracy": best})
+            save_checkpoint(path, model, optimizer, scheduler, step, {"best_score": best})
         if world > 1:
             dist.barrier()
 
     model.train()
-    train_split = splits["train"]
+    train_split, eval_majority = splits["train"], splits["eval"].majority_rate()
     tokens, start = 0, time.perf_counter()
     bar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, desc=f"train {args.attention}", unit="step")
     try:
@@ -218,11 +201,12 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             if log:
                 log.write({"step": step, "split": "train", "loss": loss.item(), "lr": scheduler.get_last_lr()[0]})
             if step % args.eval_every == 0 or step == args.max_steps:
-                accuracy = evaluate(model, splits["eval"], args.batch_size, rank, world)
+                metrics = evaluate(model, splits["eval"], args.batch_size, rank, world)
                 if log:
-                    log.write({"step": step, "split": "eval", "accuracy": accuracy})
-                if accuracy > best:
-                    best = accuracy
+                    extra = {} if eval_majority is None else {"majority": eval_majority}
+                    log.write({"step": step, "split": "eval", **metrics, **extra})
+                if score(metrics, args.task) > best:
+                    best = score(metrics, args.task)
                     checkpoint(best_dir)
             if step % args.save_every == 0 or step == args.max_steps:
                 checkpoint(last_dir)
@@ -231,20 +215,20 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
         bar.close()
         raise
     bar.close()
-    test_accuracy = evaluate(model, splits["test"], args.batch_size, rank, world)
+    test = evaluate(model, splits["test"], args.batch_size, rank, world)
     summary = {
+        "task": args.task,
         "attention": args.attention,
         "steps": step,
-        "best_eval_accuracy": best,
-        "test_accuracy": test_accuracy,
-        "majority_baseline": splits["test"].majority_rate(),
+        **({"best_eval_loss": -best} if args.task == "mlm" else {"best_eval_accuracy": best}),
+        **{f"test_{name}": value for name, value in test.items()},
+        **({} if args.task == "mlm" else {"majority_baseline": splits["test"].majority_rate()}),
         "tokens_per_second": tokens / max(1e-9, time.perf_counter() - start),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "world_size": world,
     }
     if rank == 0:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        from .plot import plot_metrics
-
-        plot_metrics(out_dir / "metrics.jsonl", out_dir / "curves.png")
+        if have_matplotlib():
+            plot_runs([out_dir], out_dir / "curves.png")
     return summary

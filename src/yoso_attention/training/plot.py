@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+
+
+MISSING_MATPLOTLIB = "matplotlib is not installed; pip install 'yoso-attention[cli]' (or matplotlib) for plots"
+
+
+def have_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def require_matplotlib() -> None:
+    if not have_matplotlib():
+        raise RuntimeError(MISSING_MATPLOTLIB)
 
 
 def _pyplot():
@@ -15,16 +28,55 @@ def _pyplot():
     return plt
 
 
-def plot_metrics(metrics_path: Path, png_path: Path) -> None:
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    train = [r for r in records if r["split"] == "train"]
-    evals = [r for r in records if r["split"] == "eval"]
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(training records, evaluation records) of a run's metrics.jsonl."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in records if r["split"] == "train"], [r for r in records if r["split"] == "eval"]
+
+
+def smooth(values: list[float], alpha: float | None = None) -> list[float]:
+    """Exponential moving average, debiased like TensorBoard's; alpha defaults to ~1/50 of the run."""
+    alpha = alpha if alpha is not None else min(0.5, max(0.01, 20 / max(1, len(values))))
+    out, avg = [], 0.0
+    for t, v in enumerate(values, 1):
+        avg = (1 - alpha) * avg + alpha * v
+        out.append(avg / (1 - (1 - alpha) ** t))
+    return out
+
+
+def run_label(run_dir: Path) -> str:
+    """'attention, seed N' from the run's args.json (the directory name when absent)."""
+    args_path = Path(run_dir) / "args.json"
+    if not args_path.exists():
+        return Path(run_dir).name
+    args = json.loads(args_path.read_text())
+    return f"{args.get('attention', '?')}, seed {args.get('seed', '?')}"
+
+
+def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = None) -> None:
+    """Training loss (raw, faint, and smoothed) and eval accuracy of one or more runs, with each run's
+    majority-class rate as a dashed line."""
     plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8)
-    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
-    ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], marker="o")
-    ax_acc.set(xlabel="step", ylabel="eval accuracy", title="accuracy")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    majorities = set()
+    for i, run_dir in enumerate(run_dirs):
+        color, label = colors[i % len(colors)], (labels[i] if labels else run_label(run_dir))
+        train, evals = read_metrics(run_dir)
+        steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
+        ax_loss.plot(steps, losses, color=color, lw=0.5, alpha=0.25)
+        ax_loss.plot(steps, smooth(losses), color=color, lw=1.5, label=label)
+        ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], color=color, marker="o", ms=3,
+                    label=label)  # fmt: skip
+        majorities |= {round(r["majority"], 4) for r in evals if "majority" in r}
+    for j, rate in enumerate(sorted(majorities)):
+        ax_acc.axhline(rate, color="gray", ls="--", lw=1, label="majority class" if j == 0 else None)
+    ax_loss.set(xlabel="step", ylabel="training loss", title="training loss (faint: raw, bold: smoothed)")
+    ax_acc.set(xlabel="step", ylabel="eval accuracy", title="evaluation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -7,6 +7,8 @@ from transformers import PreTrainedConfig
 
 from ...ops.checks import MAX_HASH_CODE_LEN
 
+CLASSIFIER_POOLINGS = ("cls", "mean")
+
 
 @strict
 class YosoConfig(PreTrainedConfig):
@@ -44,6 +46,9 @@ class YosoConfig(PreTrainedConfig):
         chunk_size_feed_forward (`int`, defaults to 0, inherited): tokens per chunk of the feed-forward
             block, as in transformers; 0 picks chunks of at most 16 MB of activation (same results).
         tie_word_embeddings (`bool`, defaults to `True`): tie the masked-LM decoder to the embeddings.
+        classifier_pooling (`str`, defaults to `"cls"`): what YosoForSequenceClassification classifies:
+            `"cls"`, the first token (transformers' YOSO), or `"mean"`, the mean over real tokens (the
+            paper's LRA models). Not a transformers field: transformers loads such a config and ignores it.
     """
 
     model_type = "yoso"
@@ -71,6 +76,7 @@ class YosoConfig(PreTrainedConfig):
     eos_token_id: int | list[int] | None = 2
     add_cross_attention: bool = False
     tie_word_embeddings: bool = True
+    classifier_pooling: str = "cls"
 
     def validate_architecture(self):
         """Part of `@strict` validation: sizes, hashing and convolution parameters."""
@@ -93,6 +99,8 @@ class YosoConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.chunk_size_feed_forward < 0:
             raise ValueError(f"chunk_size_feed_forward must be >= 0 (0: automatic), got {self.chunk_size_feed_forward}")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"classifier_pooling must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}")
         if self.add_cross_attention:
             raise ValueError("add_cross_attention=True is not supported: YOSO is an encoder-only model")
 

@@ -188,19 +188,30 @@ class YosoForMaskedLM(YosoPreTrainedModel):
 
 
 class YosoClassificationHead(nn.Module):
-    """Token 0 -> dropout -> dense -> activation -> dropout -> out_proj."""
+    """Pooled features -> dropout -> dense -> activation -> dropout -> out_proj. Pooling per
+    ``config.classifier_pooling``: token 0 ("cls") or the mean over real tokens ("mean")."""
 
     def __init__(self, config: YosoConfig):
         super().__init__()
+        self.pooling = config.classifier_pooling
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
         self.act = ACT2FN[config.hidden_act]
 
-    def forward(self, features):
-        x = self.dropout(features[:, 0, :])  # (batch, hidden)
+    def forward(self, features, attention_mask=None):
+        """features (batch, n, hidden); attention_mask (batch, n), 1 for real tokens, or None."""
+        x = self.dropout(self._pool(features, attention_mask))  # (batch, hidden)
         x = self.dropout(self.act(self.dense(x)))
         return self.out_proj(x)
+
+    def _pool(self, features, attention_mask):
+        if self.pooling == "cls":
+            return features[:, 0, :]
+        if attention_mask is None:
+            return features.mean(dim=1)
+        weights = attention_mask.to(features.dtype).unsqueeze(-1)  # (batch, n, 1)
+        return (features * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def sequence_classification_loss(config, logits, labels):
@@ -236,7 +247,7 @@ class YosoForSequenceClassification(YosoPreTrainedModel):
         """labels (batch,) class ids, (batch,) floats for regression, or (batch, num_labels) multi-hot."""
         base = self._base_forward(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                   output_attentions, output_hidden_states)  # fmt: skip
-        logits = self.classifier(base.last_hidden_state)  # (batch, num_labels)
+        logits = self.classifier(base.last_hidden_state, attention_mask)  # (batch, num_labels)
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
         return self._pack(return_dict, SequenceClassifierOutput, loss, base, logits=logits)
 

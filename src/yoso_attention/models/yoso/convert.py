@@ -1,0 +1,132 @@
+"""Longer models from shorter ones: copy a checkpoint with its position table repeated to a new length.
+
+The scheme of the YOSO authors and of Longformer (Beltagy et al. 2020, sec. 5): the learned position
+embeddings of an n-token model are copied over and over into the table of the longer model, so every
+position starts from a trained vector and local position differences keep their meaning; every other
+weight is unchanged. Sources: YOSO checkpoints (ours or transformers'), kept as they are apart from the
+table, and RoBERTa / BERT checkpoints, whose encoder maps onto YOSO's parameter names and becomes a
+YosoForMaskedLM; their attention changes from softmax to YOSO, so such a model needs continued MLM
+pretraining before it is useful.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+POSITION_KEY = "embeddings.position_embeddings.weight"
+FIRST_POSITION = 2  # YOSO and RoBERTa: positions start at row 2 (rows 0, 1 belong to padding); BERT: row 0
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "vocab.txt", "added_tokens.json")  # fmt: skip
+CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "type_vocab_size",
+                 "initializer_range", "layer_norm_eps", "pad_token_id", "bos_token_id", "eos_token_id")  # fmt: skip
+# RoBERTa's MLM head -> YOSO's (BERT's already has YOSO's names).
+ROBERTA_HEAD = {"lm_head.dense.": "cls.predictions.transform.dense.",
+                "lm_head.layer_norm.": "cls.predictions.transform.LayerNorm.",
+                "lm_head.decoder.": "cls.predictions.decoder.", "lm_head.bias": "cls.predictions.bias"}  # fmt: skip
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Weights of a save_pretrained directory: model.safetensors, else pytorch_model.bin (tensors only)."""
+    safetensors, pickled = model_dir / "model.safetensors", model_dir / "pytorch_model.bin"
+    try:
+        if safetensors.exists():
+            return load_file(safetensors)
+        if pickled.exists():
+            return torch.load(pickled, map_location="cpu", weights_only=True)
+    except Exception as exc:  # safetensors' and torch's errors for truncated or foreign files
+        raise OSError(f"could not read the weights in {model_dir}: truncated or corrupt ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc  # fmt: skip
+    raise FileNotFoundError(f"{model_dir}: no model.safetensors or pytorch_model.bin; expected a save_pretrained directory")
+
+
+def repeat_positions(table: torch.Tensor, first: int, old_length: int, new_length: int) -> torch.Tensor:
+    """A (new_length + 2, h) YOSO position table: rows 0, 1 from ``table``'s padding rows (zeros if it has
+    none), rows 2 .. new_length + 1 the source's ``old_length`` trained rows repeated in order."""
+    trained = table[first : first + old_length]  # (old_length, h)
+    reps = -(-new_length // old_length)
+    head = table[:FIRST_POSITION] if first == FIRST_POSITION else torch.zeros(FIRST_POSITION, table.shape[1])
+    return torch.cat([head, trained.repeat(reps, 1)[:new_length]]).to(table.dtype).contiguous()
+
+
+def _from_encoder(state: dict, prefix: str) -> dict[str, torch.Tensor]:
+    """RoBERTa / BERT weights -> YosoForMaskedLM names (the pooler and BERT's NSP head are dropped)."""
+    mapped = {}
+    for key, value in state.items():
+        if key.startswith(prefix + "."):
+            if ".pooler." in key or key.endswith("position_ids"):
+                continue
+            mapped["yoso." + key[len(prefix) + 1 :]] = value
+            continue
+        for old, new in ROBERTA_HEAD.items():
+            if key.startswith(old):
+                mapped[new + key[len(old) :]] = value
+                break
+        else:
+            if key.startswith("cls.predictions."):
+                mapped[key] = value
+    return mapped
+
+
+def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length: int) -> str:
+    """Write ``dst``: the checkpoint in ``src`` with a position table for ``max_length`` tokens.
+
+    Returns a one-line description of what was written. ``dst`` appears complete or not at all.
+    """
+    src, dst = Path(src), Path(dst)
+    config_path = src / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{src}: no config.json; expected a save_pretrained model directory")
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; choose a new output directory")
+    config = json.loads(config_path.read_text())
+    kind = config.get("model_type")
+    if kind not in ("yoso", "roberta", "bert"):
+        raise ValueError(f"{src}: model_type {kind!r}; expected a yoso, roberta or bert checkpoint")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"--max-length must be a positive integer, got {max_length!r}")
+    state = load_state_dict(src)
+    if kind == "yoso":
+        old_length, first, prefix = config["max_position_embeddings"], FIRST_POSITION, "yoso"
+        key = next((k for k in state if k.endswith(POSITION_KEY)), None)
+        new_config = {**config, "max_position_embeddings": max_length}
+        note = "YOSO weights unchanged apart from the position table"
+    else:
+        prefix = "roberta" if kind == "roberta" else "bert"
+        first = FIRST_POSITION if kind == "roberta" else 0
+        old_length = config["max_position_embeddings"] - first
+        state = _from_encoder(state, prefix)
+        key = f"yoso.{POSITION_KEY}"
+        new_config = {name: config[name] for name in CONFIG_FIELDS if name in config}
+        new_config.update(model_type="yoso", architectures=["YosoForMaskedLM"], max_position_embeddings=max_length)
+        note = (f"{kind} encoder mapped onto YosoForMaskedLM; its attention is now YOSO, so continue MLM "
+                "pretraining (yoso train --task mlm --init-from DST) before using it")  # fmt: skip
+    if key is None or key not in state:
+        raise ValueError(f"{src}: no position table ({POSITION_KEY}) among the weights")
+    state[key] = repeat_positions(state[key], first, old_length, max_length)
+    _write_atomically(src, dst, new_config, state)
+    return f"wrote {dst}: {old_length} -> {max_length} positions (source rows repeated); {note}"
+
+
+def _write_atomically(src: Path, dst: Path, config: dict, state: dict) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        # Cloned: tied weights loaded from a .bin share storage, which safetensors refuses.
+        save_file({k: v.clone().contiguous() for k, v in state.items()}, tmp / "model.safetensors",
+                  metadata={"format": "pt"})  # fmt: skip
+        for name in TOKENIZER_FILES:
+            if (src / name).exists():
+                shutil.copy2(src / name, tmp / name)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,123 @@
+"""The arguments of ``yoso train``: one dataclass whose field metadata is the command line's help, and
+named presets (recipes) that explicit flags override."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
+TASKS = ("listops", "text", "mlm")
+POOLINGS = ("cls", "mean")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _arg(default, help: str, **extra):
+    """A field with its command-line help (and choices, when given)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainArgs:
+    task: str = _arg("listops", "what to train: a classifier on generated ListOps (10 classes) or on your "
+                     "labelled text files, or a masked language model on your documents", choices=TASKS)  # fmt: skip
+    output_dir: str | None = _arg(None, "run directory for metrics, plots and checkpoints (default: runs/TASK)")
+    preset: str | None = _arg(None, "a named recipe that sets many flags at once; flags given explicitly "
+                              "override it (see the README)")  # fmt: skip
+    attention: str = _arg("yoso", "token mixing: YOSO sampling (linear), YOSO-E (exact expectation, "
+                          "quadratic) or softmax (SDPA baseline)", choices=ATTENTION_KINDS)  # fmt: skip
+    max_length: int = _arg(512, "longest sequence in tokens (the model's positions; mlm: the block length); "
+                           "longer text is truncated")  # fmt: skip
+    # listops
+    train_examples: int = _arg(6000, "ListOps: number of training expressions (generated once, cached)")
+    eval_examples: int = _arg(500, "ListOps: number of evaluation expressions")
+    test_examples: int = _arg(500, "ListOps: number of test expressions")
+    min_length: int = _arg(16, "ListOps: shortest expression in tokens")
+    max_depth: int = _arg(6, "ListOps: deepest nesting of operators (LRA: 10)")
+    max_args: int = _arg(5, "ListOps: most operands of one operator (LRA: 10)")
+    leaf_prob: float = _arg(0.35, "ListOps: probability that an operand is a digit rather than a sub-expression")
+    # text and mlm
+    train_file: list[str] | None = _arg(None, "text: .csv / .jsonl files with text and label columns; mlm: .txt "
+                                        "(documents separated by blank lines) / .jsonl files", nargs="+")  # fmt: skip
+    eval_file: list[str] | None = _arg(None, "text / mlm: evaluation files (default: text, the training files; "
+                                       "mlm, the last 5%% of the training blocks)", nargs="+")  # fmt: skip
+    test_file: list[str] | None = _arg(None, "text / mlm: test files (default: the evaluation data)", nargs="+")
+    text_column: str = _arg("text", "text / mlm: name of the text column or JSON field")
+    label_column: str = _arg("label", "text: name of the label column or JSON field (integer class ids)")
+    tokenizer: str = _arg("bytes", "text / mlm: 'bytes' (UTF-8 bytes, nothing to train) or a tokenizer "
+                          "directory (a hub id only if already in the local cache)")  # fmt: skip
+    num_classes: int = _arg(2, "text: number of classes (labels are 0 .. num_classes - 1)")
+    # model
+    init_from: str | None = _arg(None, "start from this saved model directory (a hub id only if already in the "
+                                 "local cache) instead of a fresh model")  # fmt: skip
+    hidden_size: int = _arg(64, "model width")
+    num_layers: int = _arg(2, "number of transformer layers")
+    num_heads: int = _arg(4, "attention heads per layer (must divide --hidden-size)")
+    intermediate_size: int = _arg(128, "feed-forward width")
+    num_hash: int = _arg(16, "YOSO sampling: hash functions per attention call (error ~ 1/sqrt)")
+    hash_code_len: int = _arg(6, "YOSO: bits per hash code tau (2**tau buckets; YOSO-E's exponent)")
+    conv_window: int | None = _arg(None, "odd kernel size of YOSO's depthwise convolution over values (default: none)")
+    pooling: str = _arg("cls", "classifier input: first token (cls, transformers-compatible) or mean over real "
+                        "tokens (mean, the paper's LRA models)", choices=POOLINGS)  # fmt: skip
+    dropout: float = _arg(0.1, "dropout probability of embeddings, layers and the classifier")
+    # optimisation
+    batch_size: int = _arg(32, "sequences per optimizer step (over all processes under torchrun)")
+    lr: float = _arg(2e-3, "peak learning rate of AdamW")
+    weight_decay: float = _arg(0.01, "AdamW weight decay")
+    warmup_steps: int = _arg(100, "steps of linear learning-rate warm-up from 0")
+    lr_schedule: str = _arg("cosine", "learning-rate decay after warm-up, to 0 at --max-steps",
+                            choices=LR_SCHEDULES)  # fmt: skip
+    max_steps: int = _arg(1200, "optimizer steps of the run")
+    eval_every: int = _arg(200, "evaluate (and keep the best checkpoint) every this many steps")
+    save_every: int = _arg(200, "write the resumable checkpoint last/ every this many steps")
+    seed: int = _arg(0, "seed of data order, initialisation and hashing (ListOps data uses it too)")
+    resume: bool = _arg(False, "continue the run in --output-dir from its last checkpoint")
+    cache_dir: str = _arg(os.path.join(os.path.expanduser("~"), ".cache", "yoso_attention"),
+                          "where generated ListOps splits are cached")  # fmt: skip
+
+    def validate(self) -> None:
+        for name, choices in (("task", TASKS), ("attention", ATTENTION_KINDS), ("pooling", POOLINGS),
+                              ("lr_schedule", LR_SCHEDULES)):  # fmt: skip
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of {choices}")
+        if self.task in ("text", "mlm") and not self.train_file:
+            raise ValueError(f"--task {self.task} needs --train-file")
+        for name in ("batch_size", "max_steps", "eval_every", "save_every", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+
+
+# The authors' LRA ListOps configuration (YOSO repository, LRA/code): 2 layers, width 64, feed-forward 128,
+# 2 heads of 32, mean pooling; 96k / 2k / 2k expressions of 500-2000 tokens from LRA's generator (operand is a
+# digit with probability 0.75, 2-10 operands, depth <= 10, rejection to the length range);
+# batch 32, AdamW 1e-4, 1000 warm-up steps then linear decay, 5000 steps, no weight decay; m = 32, tau = 11.
+PRESETS: dict[str, dict] = {
+    "lra-listops": dict(
+        task="listops", max_length=2000, min_length=500, max_depth=10, max_args=10, leaf_prob=0.75, train_examples=96000,
+        eval_examples=2000, test_examples=2000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+        pooling="mean", dropout=0.1, batch_size=32, lr=1e-4, weight_decay=0.0, warmup_steps=1000,
+        lr_schedule="linear", max_steps=5000, eval_every=500, save_every=250, num_hash=32, hash_code_len=11,
+    ),
+}  # fmt: skip
+
+
+def resolve_args(explicit: dict) -> TrainArgs:
+    """TrainArgs from the defaults, then the preset named in ``explicit`` (if any), then ``explicit``."""
+    preset = explicit.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r}: expected one of {tuple(PRESETS)}")
+    values = {**(PRESETS[preset] if preset else {}), **explicit}
+    args = TrainArgs(**values)
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", preset or args.task)
+    return args
+
+
+def train_fields():
+    """(name, default, help, choices, type, nargs) of every TrainArgs field, for the command line."""
+    for f in fields(TrainArgs):
+        choices = tuple(PRESETS) if f.name == "preset" else f.metadata.get("choices")
+        yield f.name, f.default, f.metadata["help"], choices, f.type, f.metadata.get("nargs")
+

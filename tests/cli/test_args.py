@@ -1,0 +1,49 @@
+"""``yoso train`` arguments: presets resolve to their recipe, explicit flags override them, every option
+explains itself."""
+
+import pytest
+
+from yoso_attention.cli import build_parser
+from yoso_attention.training.args import PRESETS, TrainArgs, resolve_args
+
+
+def parse(*argv):
+    from yoso_attention.cli import _explicit_train_args
+
+    return resolve_args(_explicit_train_args(build_parser().parse_args(["train", *argv])))
+
+
+def test_lra_listops_preset_is_the_authors_recipe():
+    args = parse("--preset", "lra-listops")
+    recipe = dict(max_length=2000, min_length=500, max_depth=10, max_args=10, train_examples=96000,
+                  eval_examples=2000, test_examples=2000, hidden_size=64, intermediate_size=128, num_layers=2,
+                  num_heads=2, pooling="mean", dropout=0.1, batch_size=32, lr=1e-4, warmup_steps=1000,
+                  lr_schedule="linear", max_steps=5000, weight_decay=0.0, num_hash=32, hash_code_len=11)  # fmt: skip
+    assert {k: getattr(args, k) for k in recipe} == recipe
+    assert args.output_dir == "runs/lra-listops" and args.attention == "yoso"
+
+
+def test_explicit_flags_override_the_preset():
+    args = parse("--preset", "lra-listops", "--max-steps", "300", "--attention", "softmax", "--lr", "1e-3")
+    assert (args.max_steps, args.attention, args.lr) == (300, "softmax", 1e-3)
+    assert args.hidden_size == PRESETS["lra-listops"]["hidden_size"]
+
+
+def test_without_a_preset_the_defaults_apply():
+    args = parse()
+    assert args.max_steps == TrainArgs().max_steps and args.output_dir == "runs/listops"
+    assert parse("--task", "text", "--train-file", "x.csv").output_dir == "runs/text"
+
+
+def test_every_train_option_has_a_help_line_with_its_choices():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    for action in train._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and action.help != action.dest.replace("_", " "), action.dest
+    text = train.format_help()
+    assert "{listops,text,mlm}" in text and "{cosine,linear,constant}" in text and "{lra-listops}" in text
+
+
+def test_unknown_preset_is_an_error():
+    with pytest.raises(ValueError, match="--preset 'nope'"):
+        resolve_args({"preset": "nope"})

@@ -1,0 +1,81 @@
+"""``yoso extend``: longer models from shorter YOSO, RoBERTa and BERT checkpoints (positions repeated)."""
+
+import json
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import yoso_attention
+from tests.models.conftest import tiny_config
+from yoso_attention.cli import main
+from yoso_attention.models.yoso.convert import extend_checkpoint
+
+SIZES = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+
+
+def _saved(model, path):
+    model.save_pretrained(path)
+    return path
+
+
+def test_yoso_checkpoint_keeps_every_weight_and_repeats_positions(tmp_path):
+    torch.manual_seed(0)
+    model = yoso_attention.YosoForSequenceClassification(tiny_config(max_position_embeddings=16))
+    src = _saved(model, tmp_path / "src")
+    print(extend_checkpoint(src, tmp_path / "dst", 40))
+    before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "dst" / "model.safetensors")
+    assert before.keys() == after.keys()
+    key = "yoso.embeddings.position_embeddings.weight"
+    for name in before:
+        if name != key:
+            assert torch.equal(before[name], after[name]), name
+    old, new = before[key], after[key]
+    assert new.shape == (42, 32) and torch.equal(new[:2], old[:2])
+    for pos in range(40):  # position p of the new model is trained position p mod 16
+        assert torch.equal(new[2 + pos], old[2 + pos % 16])
+    loaded = yoso_attention.YosoForSequenceClassification.from_pretrained(tmp_path / "dst")
+    assert loaded.config.max_position_embeddings == 40 and loaded.config.num_labels == 3
+    loaded(torch.randint(3, 99, (1, 40)))
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_encoder_checkpoint_becomes_a_yoso_masked_lm_that_transformers_loads(tmp_path, kind):
+    torch.manual_seed(0)
+    if kind == "roberta":
+        config = transformers.RobertaConfig(**SIZES, max_position_embeddings=18, pad_token_id=1, type_vocab_size=1)
+        source = transformers.RobertaForMaskedLM(config)
+        prefix, first = "roberta", 2
+    else:
+        config = transformers.BertConfig(**SIZES, max_position_embeddings=16, pad_token_id=0)
+        source = transformers.BertForMaskedLM(config)
+        prefix, first = "bert", 0
+    src = _saved(source, tmp_path / "src")
+    assert main(["extend", str(src), str(tmp_path / "dst"), "--max-length", "40"]) == 0
+    yoso = transformers.YosoForMaskedLM.from_pretrained(tmp_path / "dst").eval()
+    ours = yoso_attention.YosoForMaskedLM.from_pretrained(tmp_path / "dst").eval()
+    src_state, dst_state = source.state_dict(), yoso.state_dict()
+    for name, value in src_state.items():
+        if name.startswith(prefix + ".encoder.") or (name.startswith(prefix + ".embeddings.") and "position" not in name):
+            assert torch.equal(dst_state["yoso." + name[len(prefix) + 1 :]], value), name
+    table = dst_state["yoso.embeddings.position_embeddings.weight"]
+    trained = src_state[f"{prefix}.embeddings.position_embeddings.weight"][first : first + 16]
+    assert table.shape == (42, 32) and torch.equal(table[2:18], trained) and torch.equal(table[18:34], trained)
+    head = "lm_head.dense.weight" if kind == "roberta" else "cls.predictions.transform.dense.weight"
+    assert torch.equal(dst_state["cls.predictions.transform.dense.weight"], src_state[head])
+    ids = torch.randint(3, 99, (1, 40))
+    assert torch.allclose(ours(ids).logits, yoso(ids).logits, atol=1e-5)
+    assert json.loads((tmp_path / "dst" / "config.json").read_text())["model_type"] == "yoso"
+
+
+def test_bad_sources_and_existing_destination(tmp_path, capsys):
+    assert main(["extend", str(tmp_path / "nope"), str(tmp_path / "dst"), "--max-length", "8"]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    src = _saved(transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2)), tmp_path / "g")
+    assert main(["extend", str(src), str(tmp_path / "dst"), "--max-length", "8"]) == 2
+    assert "expected a yoso, roberta or bert checkpoint" in capsys.readouterr().err
+    src = _saved(yoso_attention.YosoModel(tiny_config()), tmp_path / "y")
+    (tmp_path / "taken").mkdir()
+    assert main(["extend", str(src), str(tmp_path / "taken"), "--max-length", "8"]) == 2
+    assert "exists" in capsys.readouterr().err
