@@ -179,3 +179,33 @@ def test_resume_without_or_with_corrupt_checkpoint_fails_cleanly(tmp_path, capsy
     assert main(base) == 2
     assert "corrupt" in capsys.readouterr().err
     assert state.read_text() == "garbage" and metrics.read_text().startswith('{"step": 1')
+
+
+def test_without_the_cli_extra_training_finishes_and_plot_says_what_to_install(tmp_path):
+    """matplotlib comes with the `cli` extra; without it training skips its plot with a notice."""
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None  # as if not installed\n")
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(blocker), ENV.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "yoso_attention.cli", *train_args(tmp_path / "run", tmp_path / "cache", steps=4)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "matplotlib is not installed" in proc.stderr and "yoso-attention[cli]" in proc.stderr
+    assert (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "curves.png").exists()
+    plot = subprocess.run([sys.executable, "-m", "yoso_attention.cli", "plot", str(tmp_path / "run")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert plot.returncode == 2 and "pip install 'yoso-attention[cli]'" in plot.stderr
+
+
+def test_plot_overlays_runs_labelled_by_attention_and_seed(tmp_path):
+    for attention in ("yoso", "softmax"):
+        yoso(*train_args(tmp_path / attention, tmp_path / "cache", steps=4, extra=["--attention", attention]),
+             cwd=tmp_path)  # fmt: skip
+    from yoso_attention.training.plot import run_label
+
+    assert run_label(tmp_path / "softmax") == "softmax, seed 0"
+    assert main(["plot", str(tmp_path / "yoso"), str(tmp_path / "softmax"), "--output", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    evals = [r for r in map(json.loads, (tmp_path / "yoso" / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "eval"]  # fmt: skip
+    assert all(0 < r["majority"] <= 1 for r in evals)
