@@ -147,7 +147,8 @@ def test_text_task_from_jsonl_and_csv(tmp_path):
 @pytest.mark.parametrize("content,suffix,message", [
     ('{"text": "a", "label": 0}\n{"text": "b", "label": 1\n', ".jsonl", "train.jsonl:2: malformed JSON"),
     ('{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n', ".jsonl", "train.jsonl:2: label 7 is outside the 2 classes"),
-    ("text,label\nhello,0\nworld,x\n", ".csv", "train.csv:3: label 'x' is not an integer"),
+    ("text,label\nhello,0\nworld,x\n", ".csv", "train.csv:3: label 'x' is a class name but other labels are"),
+    ("text,label\nhello,0\nworld,1.5\n", ".csv", "train.csv:3: label '1.5' is neither an integer class id"),
     ("words,label\nhello,0\n", ".csv", "has no column 'text'"),
 ])  # fmt: skip
 def test_malformed_data_reports_the_line(tmp_path, capsys, content, suffix, message):
@@ -209,3 +210,26 @@ def test_plot_overlays_runs_labelled_by_attention_and_seed(tmp_path):
     evals = [r for r in map(json.loads, (tmp_path / "yoso" / "metrics.jsonl").read_text().splitlines())
              if r["split"] == "eval"]  # fmt: skip
     assert all(0 < r["majority"] <= 1 for r in evals)
+
+
+def test_text_labels_given_as_names_read_as_names(tmp_path):
+    rows = "".join(json.dumps({"text": f"{'good' if i % 2 else 'bad'} film {i}", "label": "pos" if i % 2 else "neg"})
+                   + "\n" for i in range(24))  # fmt: skip
+    data = write(tmp_path / "train.jsonl", rows)
+    args = ["train", "--task", "text", "--train-file", str(data), "--max-steps", "2", "--eval-every", "2",
+            "--save-every", "2", "--batch-size", "4", "--hidden-size", "32", "--num-layers", "1", "--max-length", "32",
+            "--output-dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+    config = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    out = yoso("predict", str(tmp_path / "run" / "last"), cwd=tmp_path, input="good film\n")
+    assert {p["label"] for p in json.loads(out.stdout)["predictions"]} == {"neg", "pos"}
+    assert main([*args, "--label-names", "pos", "neg", "--output-dir", str(tmp_path / "named")]) == 0
+    named = json.loads((tmp_path / "named" / "last" / "config.json").read_text())
+    assert named["id2label"] == {"0": "pos", "1": "neg"}
+
+
+def test_listops_classes_are_the_digits(tmp_path):
+    yoso(*train_args(tmp_path / "run", tmp_path / "cache", steps=2), cwd=tmp_path)
+    config = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert config["id2label"] == {str(i): str(i) for i in range(10)}

@@ -1,7 +1,8 @@
 """Whole-model benchmark: our YosoModel (sampling and YOSO-E) against transformers' YosoModel and a
 RoBERTa of the same size with SDPA attention, batch 1, fp32, in one run. Two passes: "eval" (forward
-under no_grad, eval mode) and "train" (train mode, forward + backward of last_hidden_state.sum(), the
-cost of one training step without the optimizer).
+under no_grad) and "train" (forward + backward of last_hidden_state.sum(), the cost of one training step
+without the optimizer). Both run with dropout off: with attention dropout, SDPA on CPU leaves its fused
+kernel for the quadratic math path, which would flatter YOSO.
 
 "floor" is our model with the token mixing of every attention layer replaced by the identity (each token
 gets its own value vector; the q, k, v projections still run): the cost of the dense layers alone, which
@@ -93,7 +94,7 @@ def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, r
                      if not methods or name in methods]  # fmt: skip
     results = []
     for name, n, pass_, ids, build, context in plan:  # timings first: exact_rss_mode below adds page faults
-        model = build().train(pass_ == "train")
+        model = build().eval()
         with context():
             sec = median_seconds(lambda m=model: _step(m, ids, pass_), repeats=repeats, warmup=1)
         del model
@@ -101,7 +102,7 @@ def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, r
         progress(f"n={n:6d} {pass_:5s} {name:30s} {sec:8.2f} s")
     exact_rss_mode()
     for result, (name, n, pass_, ids, build, context) in zip(results, plan):
-        model = build().train(pass_ == "train")
+        model = build().eval()
         with context():
             result.peak_mb = peak_bytes(lambda m=model: _step(m, ids, pass_)) / 2**20
         del model

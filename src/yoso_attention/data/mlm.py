@@ -9,11 +9,12 @@ ordinary tokens are chosen; 80% of those become the mask token, 10% a random tok
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .jsonl import read_objects
 
 MASK_PROB, MASK_TOKEN_SHARE, RANDOM_TOKEN_SHARE = 0.15, 0.8, 0.1
 
@@ -48,14 +49,8 @@ def read_documents(path: str | Path, text_field: str = "text") -> list[str]:
                 docs.append("\n".join(current))
                 current = []
     elif path.suffix in (".jsonl", ".json"):
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
-            text = record.get(text_field) if isinstance(record, dict) else None
+        for line_no, record in read_objects(path):
+            text = record.get(text_field)
             if not isinstance(text, str):
                 raise ValueError(f"{path}:{line_no}: expected an object with a text field {text_field!r}")
             if text.strip():

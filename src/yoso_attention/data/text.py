@@ -8,12 +8,12 @@ one, or a tokenizer directory loaded with transformers (local files only).
 from __future__ import annotations
 
 import csv
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from . import listops
+from .jsonl import read_objects
 from .mlm import MlmVocab
 
 BYTE_VOCAB_SIZE = 258  # pad 0, cls 1, bytes 2..257
@@ -38,17 +38,8 @@ def load_rows(path: str | Path, text_column: str = "text", label_column: str = "
             for row in reader:
                 rows.append(_row(path, reader.line_num, row.get(text_column), row.get(label_column)))
     elif path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: malformed JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-                rows.append(_row(path, line_no, record.get(text_column), record.get(label_column)))
+        for line_no, record in read_objects(path):
+            rows.append(_row(path, line_no, record.get(text_column), record.get(label_column)))
     else:
         raise ValueError(f"data file {path} must end in .csv or .jsonl, got {path.suffix!r}")
     if not rows:
@@ -56,22 +47,53 @@ def load_rows(path: str | Path, text_column: str = "text", label_column: str = "
     return rows
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _row(path: Path, line_no: int, text, label) -> dict:
     if not isinstance(text, str):
         raise ValueError(f"{path}:{line_no}: missing or non-text 'text' value {text!r}")
+    if isinstance(label, str) and label.strip() and not _is_number(label):
+        return {"text": text, "label": label.strip(), "line": line_no, "path": path}  # a class name
     try:
         value = int(label)
         if isinstance(label, float) and label != value:
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"{path}:{line_no}: label {label!r} is not an integer class id") from None
-    return {"text": text, "label": value, "line": line_no}
+        raise ValueError(f"{path}:{line_no}: label {label!r} is neither an integer class id nor a class name") from None
+    return {"text": text, "label": value, "line": line_no, "path": path}
 
 
-def check_labels(rows: list[dict], num_classes: int, source: str) -> None:
+def class_names(rows: list[dict], label_names: list[str] | None) -> list[str] | None:
+    """The class names: --label-names, else the sorted distinct names of the rows when their labels are names
+    (None when they are integer ids). Mixing ids and names needs --label-names."""
+    if label_names:
+        return list(label_names)
+    named = [row for row in rows if isinstance(row["label"], str)]
+    if not named:
+        return None
+    if len(named) < len(rows):
+        row = named[0]
+        raise ValueError(f"{row['path']}:{row['line']}: label {row['label']!r} is a class name but other labels are "
+                         "integer ids; pass --label-names to say which name is which id")  # fmt: skip
+    return sorted({row["label"] for row in rows})
+
+
+def label_ids(rows: list[dict], num_classes: int, names: list[str] | None) -> None:
+    """In place: class names -> ids (by ``names``); every id checked against the number of classes."""
+    index = {name: i for i, name in enumerate(names or [])}
     for row in rows:
+        where = f"{row['path']}:{row['line']}"
+        if isinstance(row["label"], str):
+            if row["label"] not in index:
+                raise ValueError(f"{where}: label {row['label']!r} is not one of the class names {names}")
+            row["label"] = index[row["label"]]
         if not 0 <= row["label"] < num_classes:
-            where = f"{source}:{row['line']}" if "line" in row else source
             raise ValueError(f"{where}: label {row['label']} is outside the {num_classes} classes [0, {num_classes})")
 
 

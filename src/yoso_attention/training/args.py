@@ -46,7 +46,10 @@ class TrainArgs:
     label_column: str = _arg("label", "text: name of the label column or JSON field (integer class ids)")
     tokenizer: str = _arg("bytes", "text / mlm: 'bytes' (UTF-8 bytes, nothing to train) or a tokenizer "
                           "directory (a hub id only if already in the local cache)")  # fmt: skip
-    num_classes: int = _arg(2, "text: number of classes (labels are 0 .. num_classes - 1)")
+    num_classes: int = _arg(2, "text: number of classes when labels are ids 0 .. num_classes - 1")
+    label_names: list[str] | None = _arg(None, "text: class names in id order; labels may then be names or ids "
+                                         "(default: the sorted names in the data when labels are names)",
+                                         nargs="+")  # fmt: skip
     # model
     init_from: str | None = _arg(None, "start from this saved model directory (a hub id only if already in the "
                                  "local cache) instead of a fresh model")  # fmt: skip

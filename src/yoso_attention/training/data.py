@@ -9,7 +9,7 @@ import torch
 
 from ..data import listops
 from ..data.mlm import MlmVocab, mask_tokens, pack_blocks, read_documents
-from ..data.text import check_labels, encode, load_rows, make_mlm_tokenizer, make_tokenizer
+from ..data.text import class_names, encode, label_ids, load_rows, make_mlm_tokenizer, make_tokenizer
 
 
 PAD_MULTIPLE = 128  # batch widths are rounded up to a multiple of this (capped at the model's max length)
@@ -123,9 +123,13 @@ def load_splits(args) -> tuple[dict[str, Split], int, int, int]:
     encode_fn, vocab, pad = make_tokenizer(args.tokenizer)
     files = {"train": args.train_file, "eval": args.eval_file or args.train_file,
              "test": args.test_file or args.eval_file or args.train_file}  # fmt: skip
+    rows = {name: [row for path in paths for row in load_rows(path, args.text_column, args.label_column)]
+            for name, paths in files.items()}  # fmt: skip
+    names = class_names(rows["train"], args.label_names)
+    num_classes = len(names) if names else args.num_classes
     splits = {}
-    for name, paths in files.items():
-        rows = [row for path in paths for row in load_rows(path, args.text_column, args.label_column)]
-        check_labels(rows, args.num_classes, ", ".join(map(str, paths)))
-        splits[name] = Split(encode(rows, encode_fn, args.max_length), pad, args.max_length)
-    return splits, vocab, pad, args.num_classes
+    for name, split_rows in rows.items():
+        label_ids(split_rows, num_classes, names)
+        splits[name] = Split(encode(split_rows, encode_fn, args.max_length), pad, args.max_length)
+    args.label_names = names
+    return splits, vocab, pad, num_classes

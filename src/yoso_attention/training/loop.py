@@ -49,9 +49,10 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
         )  # fmt: skip
         model = cls(config)
         model.config.attention_kind = args.attention
-    if args.task == "listops":
-        model.config.id2label = {i: str(i) for i in range(num_classes)}  # ListOps' classes are the digits
-        model.config.label2id = {str(i): i for i in range(num_classes)}
+    names = [str(i) for i in range(num_classes)] if args.task == "listops" else args.label_names  # ListOps: digits
+    if names:
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {name: i for i, name in enumerate(names)}
     if getattr(model.config, "attention_kind", None) == "softmax":
         use_softmax_attention(model)
     return model
