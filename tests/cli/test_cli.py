@@ -119,7 +119,7 @@ def test_bench_writes_table_json_and_plot(tmp_path):
                str(tmp_path / "b"), cwd=tmp_path)  # fmt: skip
     assert "vs SDPA" in out.stdout
     records = json.loads((tmp_path / "b" / "ops.json").read_text())
-    assert {r["method"] for r in records} == {"sdpa", "dense_yoso_e", "yoso_e", "yoso_lsh"}
+    assert {r["method"] for r in records} == {"sdpa", "dense_yoso_e", "yoso_e", "yoso_lsh", "yoso_lsh_model_layout"}
     assert (tmp_path / "b" / "ops.png").stat().st_size > 1000
 
 

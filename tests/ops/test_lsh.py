@@ -141,3 +141,17 @@ def test_collision_rate_matches_angle_formula(fast_hash, cos):
     sigma = (expected * (1 - expected) / draws) ** 0.5
     # The fast hash's projections within one part are not independent: allow a little more than 4 sigma.
     assert abs(rate - expected) < 4 * sigma + (0.01 if fast_hash else 0.0)
+
+
+@pytest.mark.parametrize("batch", [1, 2], ids=["b1", "b2"])
+def test_model_layout_views_give_the_same_results_as_contiguous_input(backend, batch):
+    """Models pass transposed views of (batch, n, heads, d); the ops must treat them like contiguous data."""
+    base = [torch.randn(batch, 37, 3, 8) for _ in range(3)]
+    views = [t.transpose(1, 2).requires_grad_() for t in (b.clone() for b in base)]  # strided (batch, heads, n, d)
+    dense = [t.transpose(1, 2).contiguous().requires_grad_() for t in base]
+    mask = torch.rand(batch, 1, 37) > 0.2
+    outs = [yoso_lsh(*qkv, mask, num_hash=6, hash_code_len=4, generator=gen(1)) for qkv in (views, dense)]
+    assert torch.equal(outs[0], outs[1])
+    grad = torch.randn_like(outs[0])
+    for a, b in zip(torch.autograd.grad(outs[0], views, grad), torch.autograd.grad(outs[1], dense, grad)):
+        assert torch.allclose(a, b, atol=1e-6)

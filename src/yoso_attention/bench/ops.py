@@ -39,7 +39,15 @@ def _methods(heads: int, d: int, num_hash: int, tau: int):
         "dense_yoso_e": lambda q, k, v: dense_yoso_e(q, k, v, tau),
         "yoso_e": lambda q, k, v: yoso_expectation(q, k, v, hash_code_len=tau),
         "yoso_lsh": lambda q, k, v: yoso_lsh(q, k, v, num_hash=num_hash, hash_code_len=tau),
+        # The layout models hand the ops: views of (batch, n, heads, d) transposed to (batch, heads, n, d).
+        "yoso_lsh_model_layout": lambda q, k, v: yoso_lsh(*map(model_layout, (q, k, v)), num_hash=num_hash,
+                                                          hash_code_len=tau),  # fmt: skip
     }
+
+
+def model_layout(x: torch.Tensor) -> torch.Tensor:
+    """The same values as a strided view, as YosoSelfAttention's _split_heads produces."""
+    return x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(x.requires_grad)
 
 
 def run_op_benchmark(
