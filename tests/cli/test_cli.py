@@ -90,10 +90,15 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, task):
         assert (final[key] == reference[key]).all(), key
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path):
+@pytest.mark.parametrize("task", ["listops", "mlm"])
+def test_torchrun_two_processes_on_cpu(tmp_path, task):
+    from tests.cli.test_mlm import corpus
+
     run_dir = tmp_path / "ddp"
+    mlm = ["--task", "mlm", "--train-file", str(corpus(tmp_path / "c.txt")), "--max-length", "48"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "yoso_attention.cli", *train_args(run_dir, tmp_path / "cache", steps=6)]  # fmt: skip
+           "-m", "yoso_attention.cli", *train_args(run_dir, tmp_path / "cache", steps=6,
+                                                   extra=mlm if task == "mlm" else [])]  # fmt: skip
     # Output to files, not pipes: the workers inherit them, and a pipe left unread would block them.
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
         env = {**ENV, "PYTHONFAULTHANDLER": "1"}
