@@ -13,8 +13,9 @@ from pathlib import Path
 def _add_train(sub) -> None:
     from .training.args import train_fields
 
-    p = sub.add_parser("train", help="train and evaluate a sequence classifier (default: ListOps)",
-                       description="Train a YOSO (or softmax baseline) classifier; every run is resumable.")  # fmt: skip
+    p = sub.add_parser("train", help="train a classifier (default: ListOps) or a masked language model",
+                       description="Train a YOSO (or softmax baseline) classifier or masked language model; every "
+                       "run is resumable.")  # fmt: skip
     for name, default, help_text, choices, kind, nargs in train_fields():
         flag = "--" + name.replace("_", "-")
         shown = "" if default is None else f" (default: {default})"
@@ -37,6 +38,7 @@ def _add_bench(sub) -> None:
                    help="sequence lengths of the model benchmark, in tokens")
     p.add_argument("--model-passes", nargs="+", choices=("eval", "train"), default=["eval"],
                    help="eval: no_grad forward; train: forward + backward of last_hidden_state.sum()")
+    p.add_argument("--model-batch", type=int, default=1, help="sequences per call of the model benchmark")
     p.add_argument("--num-hash", type=int, default=32, help="hash functions of the op benchmark")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (the median is reported)")
     p.add_argument("--no-backward", action="store_true", help="op benchmark: forward only")
@@ -127,7 +129,7 @@ def _bench(ns) -> int:
             plot_benchmark(op_bench.as_records(results), out / "ops.png")
     if ns.what in ("models", "both"):
         results = model_bench.run_model_benchmark(tuple(ns.model_lengths), repeats=ns.repeats,
-                                                  passes=tuple(ns.model_passes))  # fmt: skip
+                                                  passes=tuple(ns.model_passes), batch=ns.model_batch)  # fmt: skip
         print(model_bench.model_table(results))
         (out / "models.json").write_text(json.dumps(model_bench.as_records(results), indent=2))
         if have_matplotlib():

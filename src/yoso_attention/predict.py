@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def predict(model_dir: str, input_path: str, tokenizer: str | None, top_k: int) 
     model, masked_lm = _load_model(model_dir)
     spec = _tokenizer_spec(model_dir, tokenizer)
     if masked_lm and spec == "bytes":
-        fill = lambda text: _fill_bytes(model, text, top_k)  # noqa: E731
+        fill = functools.partial(_fill_bytes, model, top_k=top_k)
     elif masked_lm:
         fill = _pipeline_fill(model, spec, top_k)
     else:

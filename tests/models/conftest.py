@@ -21,6 +21,18 @@ def tiny_config(cls=yoso_attention.YosoConfig, **overrides):
     return cls(**kw)
 
 
+def padded_run(forward, n=20, pad=7, seed=5):
+    """(output on n real tokens followed by pad padding tokens, output on the n tokens alone), with the same
+    global seed before each call so that sampling mode draws the same hash functions."""
+    ids = torch.randint(3, 99, (1, n))
+    padded = torch.cat([ids, torch.ones(1, pad, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, n), torch.zeros(1, pad)], 1)
+    torch.manual_seed(seed)
+    out = forward(padded, mask)
+    torch.manual_seed(seed)
+    return out, forward(ids, None)
+
+
 def make_inputs(name, batch=2, n=17, vocab=99, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (batch, 3, n) if name == "YosoForMultipleChoice" else (batch, n)

@@ -1,5 +1,5 @@
 """Whole-model benchmark: our YosoModel (sampling and YOSO-E) against transformers' YosoModel and a
-RoBERTa of the same size with SDPA attention, batch 1, fp32, in one run. Two passes: "eval" (forward
+RoBERTa of the same size with SDPA attention, fp32, batch 1 by default, in one run. Two passes: "eval" (forward
 under no_grad) and "train" (forward + backward of last_hidden_state.sum(), the cost of one training step
 without the optimizer). Both run with dropout off: with attention dropout, SDPA on CPU leaves its fused
 kernel for the quadratic math path, which would flatter YOSO.
@@ -84,11 +84,12 @@ def _step(model, ids, pass_: str):
 
 
 def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, repeats: int = 1,
-                        methods: list[str] | None = None, passes=("eval",), progress=print) -> list[ModelResult]:  # fmt: skip
+                        methods: list[str] | None = None, passes=("eval",), batch: int = 1,
+                        progress=print) -> list[ModelResult]:  # fmt: skip
     plan = []
     for pass_ in passes:
         for n in lengths:
-            ids = torch.randint(3, 50265, (1, n), generator=torch.Generator().manual_seed(n))
+            ids = torch.randint(3, 50265, (batch, n), generator=torch.Generator().manual_seed(n))
             plan += [(name, n, pass_, ids, build, context)
                      for name, (build, context) in _builders(n, num_hash, tau, pass_).items()
                      if not methods or name in methods]  # fmt: skip

@@ -22,12 +22,13 @@ from .normalize import unit_rows, unit_rows_backward
 
 
 class _LSHCumulation(torch.autograd.Function):
-    """Differentiable in the raw q, k (normalised inside) and v. Saves q, k, v, the codes in their smallest
-    integer type and the masks: the unit rows are recomputed in backward, not kept."""
+    """Differentiable in the raw q, k (normalised inside) and v. Saves q, k, v, the masks and (for the
+    sampled backward) the codes in their smallest integer type: the unit rows are recomputed, not kept."""
 
     @staticmethod
     def forward(ctx, q, k, v, q_codes, k_codes, q_mask, k_mask, tau, lsh_backward):
-        ctx.save_for_backward(q, k, v, q_codes, k_codes, q_mask, k_mask)
+        codes = (q_codes, k_codes) if lsh_backward else (None, None)  # the dense backward does not use them
+        ctx.save_for_backward(q, k, v, *codes, q_mask, k_mask)
         ctx.tau, ctx.lsh_backward = tau, lsh_backward
         return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau)
 

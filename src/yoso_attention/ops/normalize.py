@@ -33,7 +33,7 @@ def unit_rows_backward(xn: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor)
     """Gradient w.r.t. x of x / max(|x|, eps) given the gradient w.r.t. its output: (grad - xn (xn . grad)) / |x|,
     and grad / eps for rows shorter than eps (where the norm is the constant eps)."""
     kernels = numba_kernels(grad)
-    if kernels is not None:  # one pass instead of five over (B, n, d): 16 -> 3 ms for q and k at n = 4096
+    if kernels is not None:  # one pass instead of five over (B, n, d): 16 -> 9.5 ms for q and k at n = 4096
         out = torch.empty(grad.shape)
         kernels.unit_rows_backward(as_numpy(xn), as_numpy(norm), as_numpy(grad), NORM_EPS, out.numpy())
         return out
