@@ -209,9 +209,8 @@ def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_b
                             w = np.float32(0.0)
                             for l in range(dv):
                                 w += dout[b, i, l] * v[b, j, l]
-                            for l in range(d):  # two loops: each unrolls to 4 vector FMAs (one loop: 1)
-                                dq[b, i, l] += w * kn[b, j, l]
                             for l in range(d):
+                                dq[b, i, l] += w * kn[b, j, l]
                                 dk[b, j, l] += w * qn[b, i, l]
                 else:
                     a_mat[:] = 0.0
