@@ -47,3 +47,9 @@ def test_every_train_option_has_a_help_line_with_its_choices():
 def test_unknown_preset_is_an_error():
     with pytest.raises(ValueError, match="--preset 'nope'"):
         resolve_args({"preset": "nope"})
+
+
+@pytest.mark.parametrize("flag, value", [("max_args", 1), ("max_depth", 0), ("leaf_prob", 1.5)])
+def test_invalid_listops_distribution_is_an_error(flag, value):
+    with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')}"):
+        resolve_args({flag: value}).validate()

@@ -214,7 +214,7 @@ def test_plot_overlays_runs_labelled_by_attention_and_seed(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
     evals = [r for r in map(json.loads, (tmp_path / "yoso" / "metrics.jsonl").read_text().splitlines())
              if r["split"] == "eval"]  # fmt: skip
-    assert all(0 < r["majority"] <= 1 for r in evals)
+    assert all(0 < r["majority"] <= 1 and 0 < r["first_operator"] <= 1 for r in evals)
 
 
 def test_text_labels_given_as_names_read_as_names(tmp_path):

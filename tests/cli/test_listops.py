@@ -40,3 +40,17 @@ def test_generation_is_seeded_and_cached(tmp_path):
     first = listops.load_or_generate(spec, tmp_path)
     assert len(list(tmp_path.glob("listops-*.jsonl"))) == 1
     assert listops.load_or_generate(spec, tmp_path) == first
+
+
+def test_first_operator_baseline_applies_the_rule_fitted_on_train():
+    train = [{"text": "[MAX 9 1 ]", "label": 9}, {"text": "[MAX 9 2 ]", "label": 9}, {"text": "[MAX 1 2 ]", "label": 2},
+             {"text": "[MIN 0 4 ]", "label": 0}]  # fmt: skip
+    examples = [{"text": "[MAX 3 9 ]", "label": 9}, {"text": "[MAX 3 4 ]", "label": 4},
+                {"text": "[MIN 0 7 ]", "label": 0}, {"text": "[SM 1 2 ]", "label": 3}]  # fmt: skip
+    assert listops.first_operator_baseline(train, examples) == 0.5  # MAX -> 9, MIN -> 0; SM unseen: wrong
+
+
+def test_lra_distribution_is_mostly_decided_by_the_first_operator():
+    spec = listops.ListOpsSpec(num_examples=2000, max_length=300, max_depth=10, max_args=10, leaf_prob=0.75, seed=4)
+    rows = listops.generate(spec)
+    assert 0.28 < listops.first_operator_baseline(rows[:1000], rows[1000:]) < 0.40

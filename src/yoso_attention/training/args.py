@@ -33,9 +33,10 @@ class TrainArgs:
     eval_examples: int = _arg(500, "ListOps: number of evaluation expressions")
     test_examples: int = _arg(500, "ListOps: number of test expressions")
     min_length: int = _arg(16, "ListOps: shortest expression in tokens")
-    max_depth: int = _arg(6, "ListOps: deepest nesting of operators (LRA: 10)")
-    max_args: int = _arg(5, "ListOps: most operands of one operator (LRA: 10)")
-    leaf_prob: float = _arg(0.35, "ListOps: probability that an operand is a digit rather than a sub-expression")
+    # defaults: LRA's distribution (its generator's depth, operands and digit probability), shorter sequences
+    max_depth: int = _arg(10, "ListOps: deepest nesting of operators")
+    max_args: int = _arg(10, "ListOps: most operands of one operator (at least 2)")
+    leaf_prob: float = _arg(0.75, "ListOps: probability that an operand is a digit rather than a sub-expression")
     # text and mlm
     train_file: list[str] | None = _arg(None, "text: .csv / .jsonl files with text and label columns; mlm: .txt "
                                         "(documents separated by blank lines) / .jsonl files", nargs="+")  # fmt: skip
@@ -88,6 +89,9 @@ class TrainArgs:
         for name in ("batch_size", "max_steps", "eval_every", "save_every", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_args < 2 or self.max_depth < 1 or not 0.0 <= self.leaf_prob <= 1.0:
+            raise ValueError(f"ListOps: need --max-args >= 2, --max-depth >= 1 and 0 <= --leaf-prob <= 1; got "
+                             f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
 

@@ -20,18 +20,21 @@ class Split:
     reuses the freed buffers of earlier steps instead of fragmenting its heap with every new width
     (glibc: peak RSS 2.2x the live peak at LRA length with exact widths)."""
 
-    def __init__(self, examples: list[tuple[list[int], int]], pad_id: int, max_width: int | None = None):
+    def __init__(self, examples: list[tuple[list[int], int]], pad_id: int, max_width: int | None = None,
+                 task_baselines: dict[str, float] | None = None):  # fmt: skip
         if not examples:
             raise ValueError("a data split is empty")
         self.examples, self.pad_id = examples, pad_id
         self.max_width = max_width or max(len(seq) for seq, _ in examples)
+        self.task_baselines = task_baselines or {}
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def majority_rate(self) -> float:
+    def baselines(self) -> dict[str, float]:
+        """Accuracies of trivial classifiers on this split, for reading a run's accuracy against them."""
         counts = Counter(label for _, label in self.examples)
-        return max(counts.values()) / len(self.examples)
+        return {"majority": max(counts.values()) / len(self.examples), **self.task_baselines}
 
     def collate(self, indices: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, labels) padded to the longest sequence of the batch, rounded up."""
@@ -76,8 +79,8 @@ class MlmSplit(Split):
         super().__init__([(block, -100) for block in blocks], vocab.pad_id)
         self.vocab = vocab
 
-    def majority_rate(self) -> None:
-        return None
+    def baselines(self) -> dict[str, float]:
+        return {}
 
     def finish(self, ids, mask, labels, seed: int):
         masked, labels = mask_tokens(ids, self.vocab, torch.Generator().manual_seed(seed))
@@ -114,11 +117,12 @@ def load_splits(args) -> tuple[dict[str, Split], int, int, int]:
         spec = dict(min_length=min(args.min_length, args.max_length - 1), max_length=args.max_length - 1,
                     max_depth=args.max_depth, max_args=args.max_args, leaf_prob=args.leaf_prob)  # fmt: skip
         sizes = {"train": args.train_examples, "eval": args.eval_examples, "test": args.test_examples}
-        splits = {}
-        for offset, (name, size) in enumerate(sizes.items()):
-            spec_i = listops.ListOpsSpec(num_examples=size, seed=args.seed * 10 + offset, **spec)
-            rows = listops.load_or_generate(spec_i, Path(args.cache_dir))
-            splits[name] = Split(encode(rows, encode_fn, args.max_length), pad, args.max_length)
+        rows = {name: listops.load_or_generate(listops.ListOpsSpec(num_examples=size, seed=args.seed * 10 + offset,
+                                                                   **spec), Path(args.cache_dir))
+                for offset, (name, size) in enumerate(sizes.items())}  # fmt: skip
+        splits = {name: Split(encode(split_rows, encode_fn, args.max_length), pad, args.max_length,
+                              {"first_operator": listops.first_operator_baseline(rows["train"], split_rows)})
+                  for name, split_rows in rows.items()}  # fmt: skip
         return splits, vocab, pad, listops.NUM_CLASSES
     encode_fn, vocab, pad = make_tokenizer(args.tokenizer)
     files = {"train": args.train_file, "eval": args.eval_file or args.train_file,

@@ -182,7 +182,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             dist.barrier()
 
     model.train()
-    train_split, eval_majority = splits["train"], splits["eval"].majority_rate()
+    train_split, eval_baselines = splits["train"], splits["eval"].baselines()
     tokens, start = 0, time.perf_counter()
     bar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, desc=f"train {args.attention}", unit="step")
     try:
@@ -204,8 +204,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             if step % args.eval_every == 0 or step == args.max_steps:
                 metrics = evaluate(model, splits["eval"], args.batch_size, rank, world)
                 if log:
-                    extra = {} if eval_majority is None else {"majority": eval_majority}
-                    log.write({"step": step, "split": "eval", **metrics, **extra})
+                    log.write({"step": step, "split": "eval", **metrics, **eval_baselines})
                 if score(metrics, args.task) > best:
                     best = score(metrics, args.task)
                     checkpoint(best_dir)
@@ -223,7 +222,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
         "steps": step,
         **({"best_eval_loss": -best} if args.task == "mlm" else {"best_eval_accuracy": best}),
         **{f"test_{name}": value for name, value in test.items()},
-        **({} if args.task == "mlm" else {"majority_baseline": splits["test"].majority_rate()}),
+        **{f"{name}_baseline": rate for name, rate in splits["test"].baselines().items()},
         "tokens_per_second": tokens / max(1e-9, time.perf_counter() - start),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "world_size": world,

@@ -57,13 +57,16 @@ def run_label(run_dir: Path) -> str:
     return f"{args.get('attention', '?')}, seed {args.get('seed', '?')}"
 
 
+BASELINE_STYLES = {"majority": ("--", "majority class"), "first_operator": (":", "first-operator rule")}
+
+
 def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = None) -> None:
     """Training loss (raw, faint, and smoothed) and eval accuracy of one or more runs, with each run's
-    majority-class rate as a dashed line."""
+    trivial baselines (majority class; for ListOps the first-operator rule) as gray lines."""
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    majorities = set()
+    baselines = set()
     for i, run_dir in enumerate(run_dirs):
         color, label = colors[i % len(colors)], (labels[i] if labels else run_label(run_dir))
         train, evals = read_metrics(run_dir)
@@ -72,9 +75,12 @@ def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = N
         ax_loss.plot(steps, smooth(losses), color=color, lw=1.5, label=label)
         ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], color=color, marker="o", ms=3,
                     label=label)  # fmt: skip
-        majorities |= {round(r["majority"], 4) for r in evals if "majority" in r}
-    for j, rate in enumerate(sorted(majorities)):
-        ax_acc.axhline(rate, color="gray", ls="--", lw=1, label="majority class" if j == 0 else None)
+        baselines |= {(name, round(r[name], 4)) for r in evals for name in BASELINE_STYLES if name in r}
+    labelled = set()
+    for name, rate in sorted(baselines):
+        style, text = BASELINE_STYLES[name]
+        ax_acc.axhline(rate, color="gray", ls=style, lw=1, label=None if name in labelled else text)
+        labelled.add(name)
     ax_loss.set(xlabel="step", ylabel="training loss", title="training loss (faint: raw, bold: smoothed)")
     ax_acc.set(xlabel="step", ylabel="eval accuracy", title="evaluation accuracy")
     for ax in (ax_loss, ax_acc):

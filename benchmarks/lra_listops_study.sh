@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's LRA ListOps study: softmax and yoso with 3 seeds each, yoso-e with one, run one after the
+# other with LRA's recipe (--preset lra-listops) at up to 1000 tokens and a reduced budget (500 steps).
+# Run it again to continue: finished runs are skipped, an interrupted run resumes from its last checkpoint.
+#   nohup benchmarks/lra_listops_study.sh > runs/lra-study.log 2>&1 &
+set -euo pipefail
+out=${OUT:-runs/lra-study}
+yoso=${YOSO:-yoso}
+recipe=(--preset lra-listops --max-length 1000 --train-examples 16000 --eval-examples 500 --test-examples 2000
+        --lr 2e-3 --warmup-steps 100 --max-steps 500 --eval-every 100 --save-every 50)
+mkdir -p "$out"
+for run in softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2 yoso-e:0; do
+    attention=${run%:*} seed=${run#*:}
+    dir=$out/$attention-seed$seed
+    [[ -f $dir/summary.json ]] && continue
+    resume=()
+    [[ -d $dir/last ]] && resume=(--resume)
+    echo "$(date -u +%H:%M:%S) $attention seed $seed"
+    "$yoso" train "${recipe[@]}" --attention "$attention" --seed "$seed" --output-dir "$dir" "${resume[@]}" \
+        > "$dir.log" 2>&1
+done
+"$yoso" plot "$out"/*-seed* --output "$out/curves.png"
+python3 - "$out" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+
+runs = {}
+for path in sorted(Path(sys.argv[1]).glob("*-seed*/summary.json")):
+    runs.setdefault(path.parent.name.rsplit("-seed", 1)[0], []).append(json.loads(path.read_text()))
+print("| attention | seeds | test accuracy | first-operator rule | majority class | tokens/s | peak RSS (MB) |")
+print("|---|---|---|---|---|---|---|")
+for name, rows in runs.items():
+    acc = [r["test_accuracy"] for r in rows]
+    spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
+    mean = lambda key: statistics.mean(r[key] for r in rows)
+    print(f"| {name} | {len(rows)} | {statistics.mean(acc):.3f}{spread} | {mean('first_operator_baseline'):.3f} | "
+          f"{mean('majority_baseline'):.3f} | {mean('tokens_per_second'):,.0f} | {mean('peak_memory_mb'):,.0f} |")
+PY
