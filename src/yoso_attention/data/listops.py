@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 OPERATORS = ("MAX", "MIN", "MED", "SM")
 VOCAB = ["<pad>", "<cls>", "[", "]", *OPERATORS, *map(str, range(10))]  # pad 0, cls 1
 NUM_CLASSES = 10
@@ -82,6 +84,7 @@ def generate(spec: ListOpsSpec) -> list[dict]:
     ``tokenize`` counts them, without its classification token) in [min_length, max_length]."""
     rng = random.Random(spec.seed)
     examples = []
+    bar = tqdm(total=spec.num_examples, desc="generating ListOps", unit="expr", leave=False, disable=None)
     while len(examples) < spec.num_examples:
         try:
             tree = _tree(rng, 0, spec, [spec.max_length])
@@ -91,6 +94,8 @@ def generate(spec: ListOpsSpec) -> list[dict]:
         length = len(tokens) + sum(t.startswith("[") for t in tokens)  # "[MAX" is two ids: "[" and "MAX"
         if spec.min_length <= length <= spec.max_length:
             examples.append({"text": " ".join(tokens), "label": _value(tree)})
+            bar.update(1)
+    bar.close()
     return examples
 
 
