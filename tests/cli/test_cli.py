@@ -207,9 +207,12 @@ def test_plot_overlays_runs_labelled_by_attention_and_seed(tmp_path):
     for attention in ("yoso", "softmax"):
         yoso(*train_args(tmp_path / attention, tmp_path / "cache", steps=4, extra=["--attention", attention]),
              cwd=tmp_path)  # fmt: skip
-    from yoso_attention.training.plot import run_label
+    from yoso_attention.training.plot import run_label, run_styles
 
     assert run_label(tmp_path / "softmax") == "softmax, seed 0"
+    runs = [tmp_path / "yoso", tmp_path / "softmax", tmp_path / "yoso"]  # same attention: same color, new style
+    (yoso_1, softmax_0, yoso_2) = run_styles(runs, ["C0", "C1"])
+    assert yoso_1[0] == yoso_2[0] != softmax_0[0] and yoso_1[1] != yoso_2[1]
     assert main(["plot", str(tmp_path / "yoso"), str(tmp_path / "softmax"), "--output", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
     evals = [r for r in map(json.loads, (tmp_path / "yoso" / "metrics.jsonl").read_text().splitlines())

@@ -48,43 +48,59 @@ def smooth(values: list[float], alpha: float | None = None) -> list[float]:
     return out
 
 
+def _run_args(run_dir: Path) -> dict:
+    args_path = Path(run_dir) / "args.json"
+    return json.loads(args_path.read_text()) if args_path.exists() else {}
+
+
 def run_label(run_dir: Path) -> str:
     """'attention, seed N' from the run's args.json (the directory name when absent)."""
-    args_path = Path(run_dir) / "args.json"
-    if not args_path.exists():
+    args = _run_args(run_dir)
+    if not args:
         return Path(run_dir).name
-    args = json.loads(args_path.read_text())
     return f"{args.get('attention', '?')}, seed {args.get('seed', '?')}"
 
 
 BASELINE_STYLES = {"majority": ("--", "majority class"), "first_operator": (":", "first-operator rule")}
+SEED_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
+
+
+def run_styles(run_dirs: list[Path], colors: list[str]) -> list[tuple[str, object]]:
+    """(color, line style) per run: one color per attention kind, a line style per run of the same kind, so
+    that seeds of one attention read as a family."""
+    kinds = [_run_args(run_dir).get("attention", Path(run_dir).name) for run_dir in run_dirs]
+    palette = {kind: colors[i % len(colors)] for i, kind in enumerate(dict.fromkeys(kinds))}
+    return [(palette[kind], SEED_STYLES[kinds[:i].count(kind) % len(SEED_STYLES)]) for i, kind in enumerate(kinds)]
 
 
 def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = None) -> None:
-    """Training loss (raw, faint, and smoothed) and eval accuracy of one or more runs, with each run's
-    trivial baselines (majority class; for ListOps the first-operator rule) as gray lines."""
+    """Training loss (raw, faint, and smoothed) and eval accuracy of one or more runs, with the trivial
+    baselines (majority class; for ListOps the first-operator rule) as gray lines at their mean over runs
+    (runs with different seeds evaluate on different generated data)."""
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    baselines = set()
+    styles = run_styles(run_dirs, plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    baselines: dict[str, list[float]] = {}
     for i, run_dir in enumerate(run_dirs):
-        color, label = colors[i % len(colors)], (labels[i] if labels else run_label(run_dir))
+        (color, style), label = styles[i], (labels[i] if labels else run_label(run_dir))
         train, evals = read_metrics(run_dir)
         steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
-        ax_loss.plot(steps, losses, color=color, lw=0.5, alpha=0.25)
-        ax_loss.plot(steps, smooth(losses), color=color, lw=1.5, label=label)
-        ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], color=color, marker="o", ms=3,
-                    label=label)  # fmt: skip
-        baselines |= {(name, round(r[name], 4)) for r in evals for name in BASELINE_STYLES if name in r}
-    labelled = set()
-    for name, rate in sorted(baselines):
+        ax_loss.plot(steps, losses, color=color, lw=0.5, alpha=0.2)
+        ax_loss.plot(steps, smooth(losses), color=color, ls=style, lw=1.5, label=label)
+        ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], color=color, ls=style, marker="o",
+                    ms=3, label=label)  # fmt: skip
+        for name in BASELINE_STYLES:
+            if evals and name in evals[-1]:
+                baselines.setdefault(name, []).append(evals[-1][name])
+    for name, rates in baselines.items():
         style, text = BASELINE_STYLES[name]
-        ax_acc.axhline(rate, color="gray", ls=style, lw=1, label=None if name in labelled else text)
-        labelled.add(name)
+        mean = sum(rates) / len(rates)
+        label = text if max(rates) == min(rates) else f"{text} (mean of {len(rates)} runs)"
+        ax_acc.axhline(mean, color="gray", ls=style, lw=1, label=label)
     ax_loss.set(xlabel="step", ylabel="training loss", title="training loss (faint: raw, bold: smoothed)")
     ax_acc.set(xlabel="step", ylabel="eval accuracy", title="evaluation accuracy")
     for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=2 if len(run_dirs) > 6 else 1)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
