@@ -78,7 +78,7 @@ def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = N
     baselines (majority class; for ListOps the first-operator rule) as gray lines at their mean over runs
     (runs with different seeds evaluate on different generated data)."""
     plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4))
     styles = run_styles(run_dirs, plt.rcParams["axes.prop_cycle"].by_key()["color"])
     baselines: dict[str, list[float]] = {}
     for i, run_dir in enumerate(run_dirs):
@@ -99,8 +99,8 @@ def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = N
         ax_acc.axhline(mean, color="gray", ls=style, lw=1, label=label)
     ax_loss.set(xlabel="step", ylabel="training loss", title="training loss (faint: raw, bold: smoothed)")
     ax_acc.set(xlabel="step", ylabel="eval accuracy", title="evaluation accuracy")
+    ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # one legend, outside the curves
     for ax in (ax_loss, ax_acc):
-        ax.legend(fontsize=7, ncol=2 if len(run_dirs) > 6 else 1)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
