@@ -6,13 +6,20 @@
 # (mean pooling and 2 heads stayed at chance for 300+ steps in those trials).
 # Run it again to continue: finished runs are skipped, an interrupted run resumes from its last checkpoint.
 #   nohup benchmarks/lra_listops_study.sh > runs/lra-study.log 2>&1 &
+# Variants through the environment: OUT (results directory), STEPS (training steps, 600), RUNS (attention:seed
+# list), EXTRA (more `yoso train` flags), e.g. the README's longer budget:
+#   OUT=runs/lra-study-1200 STEPS=1200 RUNS="softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2" \
+#       nohup benchmarks/lra_listops_study.sh > runs/lra-study-1200.log 2>&1 &
 set -euo pipefail
 out=${OUT:-runs/lra-study}
 yoso=${YOSO:-yoso}
+runs=${RUNS:-softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2 yoso-e:0 softmax:3 yoso:3 softmax:4 yoso:4}
+read -ra extra <<< "${EXTRA:-}"
 recipe=(--preset lra-listops --max-length 1000 --train-examples 16000 --eval-examples 500 --test-examples 2000
-        --num-heads 4 --pooling cls --lr 2e-3 --warmup-steps 100 --max-steps 600 --eval-every 100 --save-every 50)
+        --num-heads 4 --pooling cls --lr 2e-3 --warmup-steps 100 --max-steps "${STEPS:-600}" --eval-every 100
+        --save-every 50 "${extra[@]}")
 mkdir -p "$out"
-for run in softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2 yoso-e:0 softmax:3 yoso:3 softmax:4 yoso:4; do
+for run in $runs; do
     attention=${run%:*} seed=${run#*:}
     dir=$out/$attention-seed$seed
     [[ -f $dir/summary.json ]] && continue
