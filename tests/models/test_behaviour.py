@@ -123,3 +123,32 @@ def test_chunked_feed_forward_equals_one_chunk(chunking, monkeypatch):
     loss_whole.backward(), loss_chunked.backward()
     for (name, p), q in zip(whole.named_parameters(), chunked.parameters()):
         assert (p.grad - q.grad).abs().max() < 1e-6, name
+
+
+def _saved_activation_bytes(model, ids, mask) -> int:
+    """Bytes of the distinct storages that autograd keeps for the backward of one forward pass."""
+    storages = {}
+
+    def keep(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        model(ids, attention_mask=mask)
+    return sum(storages.values())
+
+
+def test_sampling_mode_keeps_no_more_for_backward_than_softmax_attention():
+    """Training memory: no codes, no unit rows, no second copy of the normalised context; what softmax (SDPA)
+    keeps, plus the hash functions' small draw."""
+    from yoso_attention.training.softmax import use_softmax_attention
+
+    cfg = dict(use_expectation=False, num_hash=32, hash_code_len=11, max_position_embeddings=512,
+               hidden_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    yoso = yoso_attention.YosoModel(tiny_config(**cfg)).train()
+    softmax = yoso_attention.YosoModel(tiny_config(**cfg)).train()
+    use_softmax_attention(softmax)
+    ids, mask = torch.randint(3, 99, (2, 500)), torch.ones(2, 500)
+    mask[1, 300:] = 0
+    yoso_bytes, softmax_bytes = _saved_activation_bytes(yoso, ids, mask), _saved_activation_bytes(softmax, ids, mask)
+    assert yoso_bytes <= softmax_bytes * 1.02

@@ -155,3 +155,21 @@ def test_model_layout_views_give_the_same_results_as_contiguous_input(backend, b
     grad = torch.randn_like(outs[0])
     for a, b in zip(torch.autograd.grad(outs[0], views, grad), torch.autograd.grad(outs[1], dense, grad)):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+def test_sampled_backward_keeps_no_codes_and_no_unit_rows(fast_hash):
+    """What stays alive per call until backward: q, k, v (fp32), the masks and the small hash draw."""
+    batch, heads, n, d, m = 2, 3, 1000, 16, 32
+    q, k, v = (torch.randn(batch, heads, n, d, requires_grad=True) for _ in range(3))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = yoso_lsh(q, k, v, torch.rand(batch, 1, n) > 0.2, num_hash=m, hash_code_len=11,
+                       fast_hash=fast_hash, generator=gen())  # fmt: skip
+    assert [t.dtype for t in saved if not t.is_floating_point()] == [torch.bool, torch.bool]  # masks, no codes
+    rows = [tuple(t.shape) for t in saved if t.is_floating_point() and n in t.shape]
+    assert rows == [(batch * heads, n, d)] * 3  # q, k, v; no unit rows
+    draw = [t for t in saved if t.is_floating_point() and n not in t.shape]
+    assert len(draw) == 1 and draw[0].numel() < batch * heads * n * d  # the hash functions: no n in the shape
+    out.sum().backward()  # and the rehashed codes serve the backward
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -8,12 +8,12 @@ the unpadded run), and sampling mode runs anywhere in linear time.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ...ops import hash_codes, yoso_expectation, yoso_lsh
+from ...ops.normalize import normalize_rows
 from ...ops.reference import expectation_matrix, sampled_collision_matrix
 from .configuration_yoso import YosoConfig
 
@@ -96,12 +96,14 @@ class YosoSelfAttention(nn.Module):
                 generator = torch.Generator(device=q.device).manual_seed(seed)
                 q_codes, k_codes = hash_codes(q, k, generator=generator, **hash_kw)
                 weights = sampled_collision_matrix(q_codes, k_codes, head_mask, head_mask)
-        context = F.normalize(context, p=2, dim=-1)  # (batch, heads, n, head_dim)
+        # F.normalize per head, in the output's (batch, n, heads, head_dim) layout so that the output dense layer
+        # keeps the very tensor the normalisation keeps.
+        context = normalize_rows(context.transpose(1, 2).contiguous())  # (batch, n, heads, head_dim)
         if cfg.conv_window is not None:
             masked_v = v if mask is None else v * mask[:, None, :, None]
-            context = context + self.conv(masked_v)
+            context = context + self.conv(masked_v).transpose(1, 2)
         batch, n = hidden_states.shape[:2]
-        return context.transpose(1, 2).reshape(batch, n, -1), weights
+        return context.reshape(batch, n, -1), weights
 
 
 class YosoResidualOutput(nn.Module):
