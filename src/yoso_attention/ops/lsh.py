@@ -3,8 +3,7 @@
 With m hash functions h shared by queries and keys,
     out_i = mask_i * (1/m) * sum_h sum_j mask_j * [h(q_i) = h(k_j)] * v_j,
 an unbiased estimate of YOSO-E computed through one table of 2**tau buckets per hash: O(m n d) time,
-O(n d + 2**tau d) memory. Backward (lsh_backward=True) uses the forward's codes, rehashed from the saved q, k
-and hash functions rather than kept:
+O(n d + 2**tau d) memory. Backward (lsh_backward=True) reuses the forward's codes:
     dV = cumulation with queries and keys swapped,
     dQ_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j,  dK likewise,
 again without any n x n matrix; lsh_backward=False uses the dense YOSO-E gradient instead.
@@ -18,21 +17,19 @@ from .backend import fp32_region
 from .checks import check_hash_params
 from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
-from .hashing import draw_hash_functions, hash_rows
+from .hashing import hash_flat
 from .normalize import unit_rows, unit_rows_backward
 
 
 class _LSHCumulation(torch.autograd.Function):
-    """Differentiable in the raw q, k (normalised inside) and v. Keeps q, k, v, the masks and, for the
-    sampled backward, the hash functions' random draw (no n in its shape): the backward rehashes the codes and
-    recomputes the unit rows instead of keeping them (2 m n integers and 2 n d floats per call)."""
+    """Differentiable in the raw q, k (normalised inside) and v. Saves q, k, v, the masks and (for the
+    sampled backward) the codes in their smallest integer type: the unit rows are recomputed, not kept."""
 
     @staticmethod
-    def forward(ctx, q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast_hash, lsh_backward):
-        hashing = (num_hash, tau, fast_hash)
-        q_codes, k_codes = hash_rows(q, hash_draw, *hashing), hash_rows(k, hash_draw, *hashing)
-        ctx.save_for_backward(q, k, v, hash_draw if lsh_backward else None, q_mask, k_mask)
-        ctx.hashing, ctx.lsh_backward = hashing, lsh_backward
+    def forward(ctx, q, k, v, q_codes, k_codes, q_mask, k_mask, tau, lsh_backward):
+        codes = (q_codes, k_codes) if lsh_backward else (None, None)  # the dense backward does not use them
+        ctx.save_for_backward(q, k, v, *codes, q_mask, k_mask)
+        ctx.tau, ctx.lsh_backward = tau, lsh_backward
         return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau)
 
     @staticmethod
@@ -42,19 +39,18 @@ class _LSHCumulation(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad):
-        q, k, v, hash_draw, q_mask, k_mask = ctx.saved_tensors
-        num_hash, tau, _ = ctx.hashing
+        q, k, v, q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
+        tau = ctx.tau
         (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
         if ctx.lsh_backward:
-            q_codes, k_codes = hash_rows(q, hash_draw, *ctx.hashing), hash_rows(k, hash_draw, *ctx.hashing)
             dv = cumulate(k_codes, q_codes, grad, k_mask, q_mask, 2**tau)
             dqn, dkn = weighted_backward(q_codes, k_codes, qn, kn, v, grad, q_mask, k_mask, 2**tau)
-            scale = tau / (2 * num_hash)
+            scale = tau / (2 * q_codes.shape[1])
             dqn, dkn = dqn.mul_(scale), dkn.mul_(scale)
         else:
             dqn, dkn, dv = expectation_backward(qn, kn, v, grad, q_mask, k_mask, tau, exact=False)
         dq, dk = unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def yoso_lsh(
@@ -94,7 +90,6 @@ def yoso_lsh(
     check_hash_params(num_hash, hash_code_len)
     with fp32_region(q):
         q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
-        hashing = (num_hash, hash_code_len, fast_hash)
-        draw = draw_hash_functions(q32.shape[0], q32.shape[-1], *hashing, q32.device, generator)
-        out = _LSHCumulation.apply(q32, k32, v32, draw, q_mask, k_mask, *hashing, bool(lsh_backward))
+        q_codes, k_codes = hash_flat(q32, k32, num_hash, hash_code_len, fast_hash, generator)
+        out = _LSHCumulation.apply(q32, k32, v32, q_codes, k_codes, q_mask, k_mask, hash_code_len, bool(lsh_backward))
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)
