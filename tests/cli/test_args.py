@@ -53,3 +53,14 @@ def test_unknown_preset_is_an_error():
 def test_invalid_listops_distribution_is_an_error(flag, value):
     with pytest.raises(ValueError, match=f"--{flag.replace('_', '-')}"):
         resolve_args({flag: value}).validate()
+
+
+def test_yoso_backward_sets_the_configs_lsh_backward():
+    from yoso_attention.training.loop import build_model
+
+    for flag, lsh_backward in (("lsh", True), ("expectation", False)):
+        args = parse("--yoso-backward", flag)
+        assert build_model(args, vocab_size=20, pad_id=0, num_classes=10).config.lsh_backward is lsh_backward
+    assert parse().yoso_backward == "lsh"
+    with pytest.raises(ValueError, match="--yoso-backward 'dense'"):
+        resolve_args({"yoso_backward": "dense"}).validate()

@@ -10,6 +10,7 @@ ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
 TASKS = ("listops", "text", "mlm")
 POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("cosine", "linear", "constant")
+YOSO_BACKWARDS = ("lsh", "expectation")
 
 
 def _arg(default, help: str, **extra):
@@ -61,6 +62,9 @@ class TrainArgs:
     num_hash: int = _arg(16, "YOSO sampling: hash functions per attention call (error ~ 1/sqrt)")
     hash_code_len: int = _arg(6, "YOSO: bits per hash code tau (2**tau buckets; YOSO-E's exponent)")
     conv_window: int | None = _arg(None, "odd kernel size of YOSO's depthwise convolution over values (default: none)")
+    yoso_backward: str = _arg("lsh", "YOSO sampling: gradients from the forward's sampled collisions (lsh, linear) "
+                              "or from YOSO-E's expectation (expectation, quadratic; a diagnostic)",
+                              choices=YOSO_BACKWARDS)  # fmt: skip
     pooling: str = _arg("cls", "classifier input: first token (cls, transformers-compatible) or mean over real "
                         "tokens (mean, the paper's LRA models)", choices=POOLINGS)  # fmt: skip
     dropout: float = _arg(0.1, "dropout probability of embeddings, layers and the classifier")
@@ -81,7 +85,7 @@ class TrainArgs:
 
     def validate(self) -> None:
         for name, choices in (("task", TASKS), ("attention", ATTENTION_KINDS), ("pooling", POOLINGS),
-                              ("lr_schedule", LR_SCHEDULES)):  # fmt: skip
+                              ("lr_schedule", LR_SCHEDULES), ("yoso_backward", YOSO_BACKWARDS)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of {choices}")
         if self.task in ("text", "mlm") and not self.train_file:

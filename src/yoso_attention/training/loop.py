@@ -45,6 +45,7 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
             max_position_embeddings=args.max_length, pad_token_id=pad_id, bos_token_id=None, eos_token_id=None,
             hidden_dropout_prob=args.dropout, use_expectation=args.attention == "yoso-e", num_hash=args.num_hash,
             hash_code_len=args.hash_code_len, conv_window=args.conv_window, classifier_pooling=args.pooling,
+            lsh_backward=args.yoso_backward == "lsh",
             use_fast_hash=args.hidden_size // args.num_heads >= args.hash_code_len, **labels,
         )  # fmt: skip
         model = cls(config)
