@@ -16,6 +16,17 @@ def test_padding_equals_the_unpadded_run(use_expectation):
     assert rel_err(out[:, :20], short) < 1e-5
 
 
+def test_softmax_baseline_with_conv_window_uses_the_convolution_and_the_mask():
+    from yoso_attention.training.softmax import use_softmax_attention
+
+    model = yoso_attention.YosoModel(tiny_config(conv_window=3)).eval()
+    use_softmax_attention(model)
+    out, short = padded_run(lambda ids, mask: model(ids, attention_mask=mask).last_hidden_state)
+    assert rel_err(out[:, :20], short) < 1e-5
+    short.sum().backward()
+    assert model.encoder.layer[0].attention.self.conv.weight.grad.abs().sum() > 0
+
+
 def test_sampling_with_many_hashes_approaches_expectation():
     torch.manual_seed(0)
     exact = yoso_attention.YosoModel(tiny_config(hash_code_len=3)).eval()

@@ -1,7 +1,7 @@
 """Exact softmax attention in the YOSO architecture: the baseline that ``--attention softmax`` trains.
 
 Same parameters (so checkpoints keep their format), softmax(q k^T / sqrt(d)) v through torch's SDPA in
-place of the YOSO cumulation. The choice is recorded in the config as ``attention_kind``.
+place of the YOSO cumulation; a conv_window adds the same convolution over the values as in YOSO-C. The choice is recorded in the config as ``attention_kind``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ class SoftmaxSelfAttention(YosoSelfAttention):
         q, k, v = (self._split_heads(f(hidden_states)) for f in (self.query, self.key, self.value))
         attn_mask = None if mask is None else mask[:, None, None, :]  # (batch, 1, 1, n): keys to attend
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (batch, heads, n, head_dim)
-        batch, n = hidden_states.shape[:2]
-        return context.transpose(1, 2).reshape(batch, n, -1), None
+        return self._merge_heads(context.transpose(1, 2), v, mask), None
 
 
 def use_softmax_attention(model) -> None:

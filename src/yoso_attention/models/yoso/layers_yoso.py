@@ -99,11 +99,15 @@ class YosoSelfAttention(nn.Module):
         # F.normalize per head, in the output's (batch, n, heads, head_dim) layout so that the output dense layer
         # keeps the very tensor the normalisation keeps.
         context = normalize_rows(context.transpose(1, 2).contiguous())  # (batch, n, heads, head_dim)
-        if cfg.conv_window is not None:
+        return self._merge_heads(context, v, mask), weights
+
+    def _merge_heads(self, context, v, mask):
+        """context (batch, n, heads, head_dim) plus YOSO-C's convolution over the unmasked values
+        (conv_window set), as (batch, n, hidden)."""
+        if self.config.conv_window is not None:
             masked_v = v if mask is None else v * mask[:, None, :, None]
             context = context + self.conv(masked_v).transpose(1, 2)
-        batch, n = hidden_states.shape[:2]
-        return context.reshape(batch, n, -1), weights
+        return context.flatten(2)
 
 
 class YosoResidualOutput(nn.Module):
