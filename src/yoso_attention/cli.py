@@ -27,22 +27,34 @@ def _add_train(sub) -> None:
                        help=help_text + shown)  # fmt: skip
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="op and model benchmarks: table, JSON and PNG",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     p.add_argument("--what", choices=("ops", "models", "both"), default="ops",
                    help="ops: yoso_lsh / yoso_expectation vs SDPA and dense YOSO-E; models: 12-layer base models")
-    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096],
+    p.add_argument("--lengths", type=_positive_int, nargs="+", default=[512, 1024, 2048, 4096],
                    help="sequence lengths of the op benchmark, in tokens")
-    p.add_argument("--model-lengths", type=int, nargs="+", default=[512, 4096],
+    p.add_argument("--heads", type=_positive_int, default=12,
+                   help="op benchmark: batch x heads (the ops flatten them; the LRA study's is 32 x 4 = 128)")
+    p.add_argument("--head-dim", type=_positive_int, default=64, help="op benchmark: head dimension")
+    p.add_argument("--hash-code-len", type=_positive_int, default=9, help="op benchmark: tau, bits per hash code")
+    p.add_argument("--model-lengths", type=_positive_int, nargs="+", default=[512, 4096],
                    help="sequence lengths of the model benchmark, in tokens")
     p.add_argument("--model-passes", nargs="+", choices=("eval", "train"), default=["eval"],
                    help="eval: no_grad forward; train: forward + backward of last_hidden_state.sum()")
-    p.add_argument("--model-batch", type=int, default=1, help="sequences per call of the model benchmark")
-    p.add_argument("--num-hash", type=int, default=32, help="hash functions of the op benchmark")
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (the median is reported)")
+    p.add_argument("--model-batch", type=_positive_int, default=1, help="sequences per call of the model benchmark")
+    p.add_argument("--num-hash", type=_positive_int, default=32, help="hash functions of the op benchmark")
+    p.add_argument("--repeats", type=_positive_int, default=3,
+                   help="timed calls per measurement (the median is reported)")
     p.add_argument("--no-backward", action="store_true", help="op benchmark: forward only")
-    p.add_argument("--threads", type=int, default=2, help="torch and numba threads")
+    p.add_argument("--threads", type=_positive_int, default=2, help="torch and numba threads")
     p.add_argument("--output-dir", default="bench_results", help="directory for the JSON and PNG results")  # fmt: skip
 
 
@@ -121,7 +133,8 @@ def _bench(ns) -> int:
     out = Path(ns.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if ns.what in ("ops", "both"):
-        results = op_bench.run_op_benchmark(tuple(ns.lengths), num_hash=ns.num_hash, backward=not ns.no_backward,
+        results = op_bench.run_op_benchmark(tuple(ns.lengths), heads=ns.heads, d=ns.head_dim, num_hash=ns.num_hash,
+                                            tau=ns.hash_code_len, backward=not ns.no_backward,
                                             repeats=ns.repeats)  # fmt: skip
         print(op_bench.ratio_table(results))
         (out / "ops.json").write_text(json.dumps(op_bench.as_records(results), indent=2))

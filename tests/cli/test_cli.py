@@ -120,12 +120,19 @@ def test_torchrun_two_processes_on_cpu(tmp_path, task):
 
 
 def test_bench_writes_table_json_and_plot(tmp_path):
-    out = yoso("bench", "--lengths", "64", "128", "--repeats", "1", "--num-hash", "4", "--output-dir",
-               str(tmp_path / "b"), cwd=tmp_path)  # fmt: skip
+    out = yoso("bench", "--lengths", "64", "127", "--repeats", "1", "--num-hash", "4", "--heads", "3", "--head-dim",
+               "16", "--hash-code-len", "5", "--output-dir", str(tmp_path / "b"), cwd=tmp_path)  # fmt: skip
     assert "vs SDPA" in out.stdout
     records = json.loads((tmp_path / "b" / "ops.json").read_text())
     assert {r["method"] for r in records} == {"sdpa", "dense_yoso_e", "yoso_e", "yoso_lsh", "yoso_lsh_model_layout"}
     assert (tmp_path / "b" / "ops.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--heads", "--lengths"])
+def test_bench_rejects_sizes_below_one(capsys, flag):
+    with pytest.raises(SystemExit):
+        main(["bench", flag, "0"])
+    assert f"argument {flag}: expected an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_info_lists_versions_and_fast_paths(capsys):

@@ -42,6 +42,29 @@ def test_crowded_buckets_use_outer_product_form_exactly(backend):
     assert max(grad_errors(out, ref, (q, k, v), (q, k, v))) < 1e-5
 
 
+@pytest.mark.parametrize("codes", ["random", "crowded"])
+@pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
+                                                                                                   "query_major"])
+def test_weighted_kernels_match_the_dense_formula(kernel, codes):
+    # dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j and dk_j likewise; "crowded" puts 30 queries and
+    # 40 keys in bucket 0 under every hash, which both kernels must do in the outer-product form.
+    from yoso_attention.ops.backend import numba_kernels
+
+    n_b, n_q, n_k, d, dv, m = 2, 37, 53, 5, 7, 3
+    q_codes, k_codes = torch.randint(0, 16, (n_b, m, n_q)), torch.randint(0, 16, (n_b, m, n_k))
+    if codes == "crowded":
+        q_codes[:, :, :30], k_codes[:, :, :40] = 0, 0
+    qn, dout = torch.randn(n_b, n_q, d), torch.randn(n_b, n_q, dv)
+    kn, v = torch.randn(n_b, n_k, d), torch.randn(n_b, n_k, dv)
+    q_mask, k_mask = torch.rand(n_b, n_q) > 0.2, torch.rand(n_b, n_k) > 0.2
+    dq, dk = torch.zeros(n_b, n_q, d), torch.zeros(n_b, n_k, d)
+    arrays = [t.numpy() for t in (q_codes.to(torch.int16), k_codes.to(torch.int16), qn, kn, v, dout, q_mask, k_mask)]
+    getattr(numba_kernels(v), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
+    pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1)  # (B, nq, nk): collisions over hashes
+    w = pairs * q_mask[..., None] * k_mask[:, None] * (dout.double() @ v.double().transpose(1, 2))
+    assert rel_err(dq, w @ kn.double()) < 1e-6 and rel_err(dk, w.transpose(1, 2) @ qn.double()) < 1e-6
+
+
 @pytest.mark.parametrize("num_hash", [1, 4, 5], ids=lambda m: f"m{m}")  # odd m: the kernel's pairs have a tail
 def test_lsh_cumulation_matches_definition(backend, num_hash):
     q_codes = torch.randint(0, 16, (3, 50, num_hash))

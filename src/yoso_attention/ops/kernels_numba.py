@@ -173,14 +173,50 @@ def _bucket_sort(codes_row, mask_row, n_buckets, start, order):
             fill[c] += 1
 
 
+@njit(inline="always")
+def _crowded(nq, nk, d, dv):
+    """A bucket is cheaper in the outer-product form (~(nq + nk) d dv) than pairwise (~nq nk (dv + 2d))."""
+    return nq * nk * (dv + 2 * d) > 2 * (nq + nk) * d * dv
+
+
+@njit(inline="always", fastmath=True)
+def _bucket_outer_products(b, q_idx, k_idx, qn, kn, v, dout, a_mat, b_mat, dq, dk):
+    """One bucket's exact update as d x dv matrices: dq_i += A dout_i, A = sum_j kn_j v_j^T, and
+    dk_j += B v_j, B = sum_i qn_i dout_i^T, over the queries q_idx and keys k_idx of the bucket."""
+    d, dv = a_mat.shape
+    a_mat[:] = 0.0
+    b_mat[:] = 0.0
+    for j in k_idx:
+        for r in range(d):
+            for l in range(dv):
+                a_mat[r, l] += kn[b, j, r] * v[b, j, l]
+    for i in q_idx:
+        for r in range(d):
+            for l in range(dv):
+                b_mat[r, l] += qn[b, i, r] * dout[b, i, l]
+    for i in q_idx:
+        for r in range(d):
+            s = np.float32(0.0)
+            for l in range(dv):
+                s += a_mat[r, l] * dout[b, i, l]
+            dq[b, i, r] += s
+    for j in k_idx:
+        for r in range(d):
+            s = np.float32(0.0)
+            for l in range(dv):
+                s += b_mat[r, l] * v[b, j, l]
+            dk[b, j, r] += s
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     """Accumulate, over hashes and colliding unmasked pairs (i, j): w = dout_i . v_j,
     dq_i += w * kn_j, dk_j += w * qn_i.
 
-    Per bucket it takes the cheaper of two exact forms: the pairwise sum (cost ~ nq * nk * (dv + 2d)) or
-    the outer-product form dq_i += A dout_i, A = sum_j kn_j v_j^T (cost ~ (nq + nk) * d * dv), so a hash
-    table whose buckets are crowded never degrades to quadratic time.
+    Bucket-major, for buckets holding several keys: per hash, queries and keys are sorted by code, and each
+    bucket takes the cheaper of two exact forms: the pairwise sum (cost ~ nq * nk * (dv + 2d)) or the
+    outer-product form (cost ~ (nq + nk) * d * dv), so a hash table whose buckets are crowded never degrades
+    to quadratic time.
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
@@ -201,44 +237,100 @@ def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_b
                 nk = k_start[c + 1] - k_start[c]
                 if nq == 0 or nk == 0:
                     continue
-                if nq * nk * (dv + 2 * d) <= 2 * (nq + nk) * d * dv:
-                    for ii in range(q_start[c], q_start[c + 1]):
-                        i = q_order[ii]
-                        for jj in range(k_start[c], k_start[c + 1]):
-                            j = k_order[jj]
-                            w = np.float32(0.0)
-                            for l in range(dv):
-                                w += dout[b, i, l] * v[b, j, l]
-                            for l in range(d):
-                                dq[b, i, l] += w * kn[b, j, l]
-                                dk[b, j, l] += w * qn[b, i, l]
-                else:
-                    a_mat[:] = 0.0
-                    b_mat[:] = 0.0
+                if _crowded(nq, nk, d, dv):
+                    _bucket_outer_products(b, q_order[q_start[c] : q_start[c + 1]],
+                                           k_order[k_start[c] : k_start[c + 1]], qn, kn, v, dout, a_mat, b_mat,
+                                           dq, dk)  # fmt: skip
+                    continue
+                for ii in range(q_start[c], q_start[c + 1]):
+                    i = q_order[ii]
                     for jj in range(k_start[c], k_start[c + 1]):
                         j = k_order[jj]
-                        for r in range(d):
-                            for l in range(dv):
-                                a_mat[r, l] += kn[b, j, r] * v[b, j, l]
-                    for ii in range(q_start[c], q_start[c + 1]):
-                        i = q_order[ii]
-                        for r in range(d):
-                            for l in range(dv):
-                                b_mat[r, l] += qn[b, i, r] * dout[b, i, l]
-                    for ii in range(q_start[c], q_start[c + 1]):
-                        i = q_order[ii]
-                        for r in range(d):
-                            s = np.float32(0.0)
-                            for l in range(dv):
-                                s += a_mat[r, l] * dout[b, i, l]
-                            dq[b, i, r] += s
-                    for jj in range(k_start[c], k_start[c + 1]):
-                        j = k_order[jj]
-                        for r in range(d):
-                            s = np.float32(0.0)
-                            for l in range(dv):
-                                s += b_mat[r, l] * v[b, j, l]
-                            dk[b, j, r] += s
+                        w = np.float32(0.0)
+                        for l in range(dv):
+                            w += dout[b, i, l] * v[b, j, l]
+                        for l in range(d):
+                            dq[b, i, l] += w * kn[b, j, l]
+                            dk[b, j, l] += w * qn[b, i, l]
+
+
+@njit(inline="always")
+def _bucket_lists(codes, mask, n_buckets):
+    """Per hash h, the unmasked rows of each bucket c as a linked list (head[h, c] the first, nxt[h, j] the
+    one after row j, -1 ends) and the bucket sizes count[h, c]; codes (m, n)."""
+    m, n = codes.shape
+    head = np.full((m, n_buckets), -1, dtype=np.int32)
+    count = np.zeros((m, n_buckets), dtype=np.int32)
+    nxt = np.empty((m, n), dtype=np.int32)
+    for h in range(m):
+        for j in range(n):
+            if mask[j]:
+                c = codes[h, j]
+                nxt[h, j] = head[h, c]
+                head[h, c] = j
+                count[h, c] += 1
+    return head, nxt, count
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets, dq, dk):
+    """``lsh_weighted_backward`` query-major, for tables with few keys per bucket (most buckets empty).
+
+    Each query walks its bucket's key list under every hash, keeping its dq row in one accumulator: no sort
+    and no pass over empty buckets. Crowded buckets (the same rule; only possible above min_crowd keys) are
+    unlinked from the lists and done in the outer-product form afterwards, hash by hash.
+    """
+    n_b, m, n_q = q_codes.shape
+    n_k = k_codes.shape[2]
+    d = qn.shape[2]
+    dv = v.shape[2]
+    min_crowd = 2 * d * dv // (dv + 2 * d)  # _crowded needs nk > this whatever nq
+    for b in prange(n_b):
+        head, nxt, k_count = _bucket_lists(k_codes[b], k_mask[b], n_buckets)
+        crowded = np.zeros(m, dtype=np.bool_)
+        q_count = np.zeros(n_buckets, dtype=np.int32)
+        for h in range(m):
+            if k_count[h].max() <= min_crowd:
+                continue
+            q_count[:] = 0
+            for i in range(n_q):
+                if q_mask[b, i]:
+                    q_count[q_codes[b, h, i]] += 1
+            for c in range(n_buckets):
+                if _crowded(q_count[c], k_count[h, c], d, dv):
+                    head[h, c] = -1
+                    k_count[h, c] = -1  # marks the bucket for the outer-product pass
+                    crowded[h] = True
+        acc = np.empty(d, dtype=np.float32)
+        for i in range(n_q):
+            if not q_mask[b, i]:
+                continue
+            acc[:] = 0.0
+            for h in range(m):
+                j = head[h, q_codes[b, h, i]]
+                while j >= 0:
+                    w = np.float32(0.0)
+                    for l in range(dv):
+                        w += dout[b, i, l] * v[b, j, l]
+                    for l in range(d):
+                        acc[l] += w * kn[b, j, l]
+                        dk[b, j, l] += w * qn[b, i, l]
+                    j = nxt[h, j]
+            for l in range(d):
+                dq[b, i, l] += acc[l]
+        for h in range(m):
+            if not crowded[h]:
+                continue
+            q_start, k_start = np.zeros(n_buckets + 1, dtype=np.int64), np.zeros(n_buckets + 1, dtype=np.int64)
+            q_order, k_order = np.empty(n_q, dtype=np.int64), np.empty(n_k, dtype=np.int64)
+            a_mat, b_mat = np.empty((d, dv), dtype=np.float32), np.empty((d, dv), dtype=np.float32)
+            _bucket_sort(q_codes[b, h], q_mask[b], n_buckets, q_start, q_order)
+            _bucket_sort(k_codes[b, h], k_mask[b], n_buckets, k_start, k_order)
+            for c in range(n_buckets):
+                if k_count[h, c] == -1:
+                    _bucket_outer_products(b, q_order[q_start[c] : q_start[c + 1]],
+                                           k_order[k_start[c] : k_start[c + 1]], qn, kn, v, dout, a_mat, b_mat,
+                                           dq, dk)  # fmt: skip
 
 
 @njit(inline="always", fastmath=True)
