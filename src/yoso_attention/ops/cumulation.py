@@ -66,10 +66,11 @@ def _weighted_torch(codes_out, codes_in, mask_out, mask_in, a_out, a_in, b_in, n
     return out * m
 
 
-def sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
+def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     """Whether the query-major weighted kernel beats the bucket-major one: with few keys per bucket it skips
     the sorts and the empty buckets; with many, the bucket-major one reuses each key's rows from cache.
-    Measured crossover (2 cores, random codes): about 4 keys per bucket at d = 16, 2 at 32, 1 at 64."""
+    Measured crossover (2 cores, random codes; README): ~8 keys per bucket at d = 16, ~2 at 32, 1-2 at 64;
+    this rule switches at 4, 2 and 1."""
     return n_keys * d <= 64 * n_buckets
 
 
@@ -83,7 +84,7 @@ def weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_bucke
         return dq, dk
     dq, dk = torch.zeros(qn.shape), torch.zeros(kn.shape)  # contiguous whatever qn's layout
     arrays = [as_numpy(t) for t in (q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask)]
-    sparse = sparse_buckets(kn.shape[1], kn.shape[2], n_buckets)
+    sparse = _sparse_buckets(kn.shape[1], kn.shape[2], n_buckets)
     kernel = kernels.lsh_weighted_backward_sparse if sparse else kernels.lsh_weighted_backward
     kernel(*arrays, n_buckets, dq.numpy(), dk.numpy())
     return dq, dk
