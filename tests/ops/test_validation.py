@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from yoso_attention.ops import hash_codes, lsh_cumulation, yoso_expectation, yoso_lsh
+from yoso_attention.ops.normalize import normalize_rows
 
 OPS = {
     "expectation": lambda q, k, v, mask=None, **kw: yoso_expectation(q, k, v, mask, **kw),
@@ -85,3 +86,19 @@ def test_mismatched_devices_are_named(op):
         OPS[op](q, k.to("meta"), v)
     with pytest.raises(ValueError, match="mask is on meta, expected cpu"):
         OPS[op](q, k, v, torch.ones(1, 5, dtype=torch.bool, device="meta"))
+
+
+DOUBLE_BACKWARD = {
+    **{name: lambda x, op=op: op(x, x * 2, x * 3, hash_code_len=4) for name, op in OPS.items()},
+    "cumulation": lambda x: lsh_cumulation(torch.randint(0, 8, (2, 6, 3)), torch.randint(0, 8, (2, 6, 3)), x,
+                                           hash_code_len=3),  # fmt: skip
+    "normalize_rows": lambda x: normalize_rows(x),
+}
+
+
+@pytest.mark.parametrize("op", DOUBLE_BACKWARD, ids=list(DOUBLE_BACKWARD))
+def test_double_backward_is_refused_not_silently_wrong(op, backend):
+    x = torch.randn(2, 6, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(DOUBLE_BACKWARD[op](x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

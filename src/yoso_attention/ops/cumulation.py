@@ -9,6 +9,7 @@ memory stays O(n * d) per chunk.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_codes, check_float, check_hash_params, check_mask
@@ -100,6 +101,7 @@ class _Cumulation(torch.autograd.Function):
         return cumulate(q_codes, k_codes, v, q_mask, k_mask, n_buckets)
 
     @staticmethod
+    @once_differentiable  # the backward runs kernels outside autograd: no double backward
     def backward(ctx, grad):
         q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
         with fp32_region(grad):

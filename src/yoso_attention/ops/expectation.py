@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .backend import as_numpy, fp32_region, numba_kernels
 from .checks import check_hash_params, check_mask, check_qkv
@@ -97,6 +98,7 @@ class _Expectation(torch.autograd.Function):
         return expectation_forward(unit_rows(q)[0], unit_rows(k)[0], v, q_mask, k_mask, tau)
 
     @staticmethod
+    @once_differentiable  # the backward runs kernels outside autograd: no double backward
     def backward(ctx, grad):
         q, k, v, q_mask, k_mask = ctx.saved_tensors
         with fp32_region(grad):

@@ -12,6 +12,7 @@ again without any n x n matrix; lsh_backward=False uses the dense YOSO-E gradien
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .backend import fp32_region
 from .checks import check_hash_params
@@ -33,6 +34,7 @@ class _LSHCumulation(torch.autograd.Function):
         return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau)
 
     @staticmethod
+    @once_differentiable  # the backward runs kernels outside autograd: no double backward
     def backward(ctx, grad):
         with fp32_region(grad):
             return _LSHCumulation._backward(ctx, grad.float().contiguous())

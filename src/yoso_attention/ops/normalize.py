@@ -8,6 +8,7 @@ normalisation's derivative itself. Semantics are those of ``F.normalize(x, dim=-
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .backend import as_numpy, numba_kernels
 
@@ -53,6 +54,7 @@ class _NormalizeRows(torch.autograd.Function):
         return xn
 
     @staticmethod
+    @once_differentiable  # the backward runs kernels outside autograd: no double backward
     def backward(ctx, grad):
         xn, norm = ctx.saved_tensors
         return unit_rows_backward(xn, norm, grad)
