@@ -180,32 +180,34 @@ def _crowded(nq, nk, d, dv):
 
 
 @njit(inline="always", fastmath=True)
+def _sum_outer(b, idx, x, y, mat):
+    """mat = sum over the rows i in idx of x_i y_i^T."""
+    mat[:] = 0.0
+    for i in idx:
+        for r in range(mat.shape[0]):
+            for l in range(mat.shape[1]):
+                mat[r, l] += x[b, i, r] * y[b, i, l]
+
+
+@njit(inline="always", fastmath=True)
+def _add_products(b, idx, mat, y, out):
+    """out_i += mat y_i for the rows i in idx."""
+    for i in idx:
+        for r in range(mat.shape[0]):
+            s = np.float32(0.0)
+            for l in range(mat.shape[1]):
+                s += mat[r, l] * y[b, i, l]
+            out[b, i, r] += s
+
+
+@njit(inline="always", fastmath=True)
 def _bucket_outer_products(b, q_idx, k_idx, qn, kn, v, dout, a_mat, b_mat, dq, dk):
     """One bucket's exact update as d x dv matrices: dq_i += A dout_i, A = sum_j kn_j v_j^T, and
     dk_j += B v_j, B = sum_i qn_i dout_i^T, over the queries q_idx and keys k_idx of the bucket."""
-    d, dv = a_mat.shape
-    a_mat[:] = 0.0
-    b_mat[:] = 0.0
-    for j in k_idx:
-        for r in range(d):
-            for l in range(dv):
-                a_mat[r, l] += kn[b, j, r] * v[b, j, l]
-    for i in q_idx:
-        for r in range(d):
-            for l in range(dv):
-                b_mat[r, l] += qn[b, i, r] * dout[b, i, l]
-    for i in q_idx:
-        for r in range(d):
-            s = np.float32(0.0)
-            for l in range(dv):
-                s += a_mat[r, l] * dout[b, i, l]
-            dq[b, i, r] += s
-    for j in k_idx:
-        for r in range(d):
-            s = np.float32(0.0)
-            for l in range(dv):
-                s += b_mat[r, l] * v[b, j, l]
-            dk[b, j, r] += s
+    _sum_outer(b, k_idx, kn, v, a_mat)
+    _sum_outer(b, q_idx, qn, dout, b_mat)
+    _add_products(b, q_idx, a_mat, dout, dq)
+    _add_products(b, k_idx, b_mat, v, dk)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
