@@ -274,35 +274,45 @@ def _bucket_lists(codes, mask, n_buckets):
     return head, nxt, count
 
 
+@njit(inline="always")
+def _unlink_crowded(q_codes, q_mask, head, k_count, d, dv):
+    """Take the crowded buckets out of the key lists (head = -1) and mark them (k_count = -1); returns which
+    hashes have any. q_codes (m, n). Only a bucket of more than 2 d dv / (dv + 2d) keys can be crowded,
+    so most hashes of a sparse table skip counting their queries."""
+    m, n_buckets = head.shape
+    min_crowd = 2 * d * dv // (dv + 2 * d)
+    has_crowded = np.zeros(m, dtype=np.bool_)
+    q_count = np.zeros(n_buckets, dtype=np.int32)
+    for h in range(m):
+        if k_count[h].max() <= min_crowd:
+            continue
+        q_count[:] = 0
+        for i in range(q_codes.shape[1]):
+            if q_mask[i]:
+                q_count[q_codes[h, i]] += 1
+        for c in range(n_buckets):
+            if _crowded(q_count[c], k_count[h, c], d, dv):
+                head[h, c] = -1
+                k_count[h, c] = -1
+                has_crowded[h] = True
+    return has_crowded
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     """``lsh_weighted_backward`` query-major, for tables with few keys per bucket (most buckets empty).
 
     Each query walks its bucket's key list under every hash, keeping its dq row in one accumulator: no sort
-    and no pass over empty buckets. Crowded buckets (the same rule; only possible above min_crowd keys) are
-    unlinked from the lists and done in the outer-product form afterwards, hash by hash.
+    and no pass over empty buckets. Crowded buckets (the same rule) are taken out of the lists and done in
+    the outer-product form afterwards, hash by hash.
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
     d = qn.shape[2]
     dv = v.shape[2]
-    min_crowd = 2 * d * dv // (dv + 2 * d)  # _crowded needs nk > this whatever nq
     for b in prange(n_b):
         head, nxt, k_count = _bucket_lists(k_codes[b], k_mask[b], n_buckets)
-        crowded = np.zeros(m, dtype=np.bool_)
-        q_count = np.zeros(n_buckets, dtype=np.int32)
-        for h in range(m):
-            if k_count[h].max() <= min_crowd:
-                continue
-            q_count[:] = 0
-            for i in range(n_q):
-                if q_mask[b, i]:
-                    q_count[q_codes[b, h, i]] += 1
-            for c in range(n_buckets):
-                if _crowded(q_count[c], k_count[h, c], d, dv):
-                    head[h, c] = -1
-                    k_count[h, c] = -1  # marks the bucket for the outer-product pass
-                    crowded[h] = True
+        has_crowded = _unlink_crowded(q_codes[b], q_mask[b], head, k_count, d, dv)
         acc = np.empty(d, dtype=np.float32)
         for i in range(n_q):
             if not q_mask[b, i]:
@@ -321,7 +331,7 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_ma
             for l in range(d):
                 dq[b, i, l] += acc[l]
         for h in range(m):
-            if not crowded[h]:
+            if not has_crowded[h]:
                 continue
             q_start, k_start = np.zeros(n_buckets + 1, dtype=np.int64), np.zeros(n_buckets + 1, dtype=np.int64)
             q_order, k_order = np.empty(n_q, dtype=np.int64), np.empty(n_k, dtype=np.int64)
