@@ -416,16 +416,17 @@ def collision_prob_and_weight_(cos, dov, k_mask, tau, exact, eps):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def unit_rows_backward(xn, norm, grad, eps, out):
-    """out[b, i] = (grad - xn (xn . grad)) / norm for rows with norm > eps, grad / eps otherwise; one pass."""
+def unit_rows_backward(xn, norm, grad, eps, short_scale, out):
+    """out[b, i] = (grad - xn (xn . grad)) / norm for rows with norm > eps, grad * short_scale otherwise; one pass."""
     n_b, n, d = xn.shape
     for t in prange(n_b * n):
         b = t // n
         i = t % n
         radial = np.float32(0.0)
+        inv = np.float32(short_scale)
         if norm[b, i, 0] > eps:
             for l in range(d):
                 radial += xn[b, i, l] * grad[b, i, l]
-        inv = np.float32(1.0) / norm[b, i, 0]
+            inv = np.float32(1.0) / norm[b, i, 0]
         for l in range(d):
             out[b, i, l] = (grad[b, i, l] - xn[b, i, l] * radial) * inv
