@@ -30,7 +30,8 @@ def unit_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x / norm, norm
 
 
-def unit_rows_backward(xn: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor, short_rows: bool = True) -> torch.Tensor:
+def unit_rows_backward(xn: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor, short_rows: bool = True
+                       ) -> torch.Tensor:  # fmt: skip
     """Gradient w.r.t. x of x / max(|x|, eps) given the gradient w.r.t. its output: (grad - xn (xn . grad)) / |x|,
     and for rows shorter than eps (where the norm is the constant eps) grad / eps (short_rows) or zero.
     xn, grad (..., d), norm (..., 1)."""

@@ -1,7 +1,8 @@
 """Exact softmax attention in the YOSO architecture: the baseline that ``--attention softmax`` trains.
 
 Same parameters (so checkpoints keep their format), softmax(q k^T / sqrt(d)) v through torch's SDPA in
-place of the YOSO cumulation; a conv_window adds the same convolution over the values as in YOSO-C. The choice is recorded in the config as ``attention_kind``.
+place of the YOSO cumulation; a conv_window adds the same convolution over the values as in YOSO-C. The
+choice is recorded in the config as ``attention_kind``.
 """
 
 from __future__ import annotations
