@@ -330,12 +330,14 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_ma
                     j = nxt[h, j]
             for l in range(d):
                 dq[b, i, l] += acc[l]
+        if not has_crowded.any():
+            continue
+        q_start, k_start = np.zeros(n_buckets + 1, dtype=np.int64), np.zeros(n_buckets + 1, dtype=np.int64)
+        q_order, k_order = np.empty(n_q, dtype=np.int64), np.empty(n_k, dtype=np.int64)
+        a_mat, b_mat = np.empty((d, dv), dtype=np.float32), np.empty((d, dv), dtype=np.float32)
         for h in range(m):
             if not has_crowded[h]:
                 continue
-            q_start, k_start = np.zeros(n_buckets + 1, dtype=np.int64), np.zeros(n_buckets + 1, dtype=np.int64)
-            q_order, k_order = np.empty(n_q, dtype=np.int64), np.empty(n_k, dtype=np.int64)
-            a_mat, b_mat = np.empty((d, dv), dtype=np.float32), np.empty((d, dv), dtype=np.float32)
             _bucket_sort(q_codes[b, h], q_mask[b], n_buckets, q_start, q_order)
             _bucket_sort(k_codes[b, h], k_mask[b], n_buckets, k_start, k_order)
             for c in range(n_buckets):
