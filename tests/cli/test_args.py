@@ -64,3 +64,7 @@ def test_yoso_backward_sets_the_configs_lsh_backward():
     assert parse().yoso_backward == "lsh"
     with pytest.raises(ValueError, match="--yoso-backward 'dense'"):
         resolve_args({"yoso_backward": "dense"}).validate()
+    for attention in ("softmax", "yoso-e"):  # no sampled forward whose gradients the flag could replace
+        with pytest.raises(ValueError, match=f"--yoso-backward 'expectation' applies to --attention yoso only, "
+                                             f"got --attention {attention}"):  # fmt: skip
+            resolve_args({"yoso_backward": "expectation", "attention": attention}).validate()

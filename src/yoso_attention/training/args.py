@@ -98,6 +98,9 @@ class TrainArgs:
                              f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.yoso_backward != "lsh" and self.attention != "yoso":
+            raise ValueError(f"--yoso-backward {self.yoso_backward!r} applies to --attention yoso only, "
+                             f"got --attention {self.attention}")  # fmt: skip
 
 
 # The authors' LRA ListOps configuration (YOSO repository, LRA/code): 2 layers, width 64, feed-forward 128,
