@@ -101,13 +101,15 @@ def test_queries_and_keys_get_their_own_codes():
 
 
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
-def test_numba_and_torch_paths_give_the_same_codes(fast_hash):
+@pytest.mark.parametrize("d, tau", [(40, 7), (16, 7), (11, 5), (16, 16)], ids=lambda x: str(x))
+def test_numba_and_torch_paths_give_the_same_codes(fast_hash, d, tau):
+    """d = 16 after padding has its own fast-hash kernel path (one column in registers)."""
     from yoso_attention.ops.backend import torch_only
 
-    q, k = torch.randn(3, 200, 40), torch.randn(3, 200, 40)
-    fast = hash_codes(q, k, num_hash=9, hash_code_len=7, fast_hash=fast_hash, generator=gen())
+    q, k = torch.randn(3, 300, d), torch.randn(3, 300, d)
+    fast = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     with torch_only():
-        slow = hash_codes(q, k, num_hash=9, hash_code_len=7, fast_hash=fast_hash, generator=gen())
+        slow = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     for a, b in zip(fast, slow):
         assert (a == b).float().mean() > 0.999  # differ only where a projection rounds to ~0
 

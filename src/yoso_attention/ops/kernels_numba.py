@@ -55,6 +55,89 @@ def _fwht_rows(buf, d_pad, cnt):
         h *= 2
 
 
+@njit(inline="always", fastmath=True)
+def _wht4(a, b, c, d):
+    s, t, u, w = a + b, a - b, c + d, c - d
+    return s + u, t + w, s - u, t - w
+
+
+@njit(inline="always", fastmath=True)
+def _wht16(x):
+    """Unnormalised Walsh-Hadamard transform of a 16-tuple as H4 (x) H4: output 4k + j is r_j[k]."""
+    a, b = _wht4(x[0], x[1], x[2], x[3]), _wht4(x[4], x[5], x[6], x[7])
+    c, e = _wht4(x[8], x[9], x[10], x[11]), _wht4(x[12], x[13], x[14], x[15])
+    r0, r1 = _wht4(a[0], b[0], c[0], e[0]), _wht4(a[1], b[1], c[1], e[1])
+    r2, r3 = _wht4(a[2], b[2], c[2], e[2]), _wht4(a[3], b[3], c[3], e[3])
+    return (r0[0], r1[0], r2[0], r3[0], r0[1], r1[1], r2[1], r3[1],
+            r0[2], r1[2], r2[2], r3[2], r0[3], r1[3], r2[3], r3[3])  # fmt: skip
+
+
+@njit(inline="always")
+def _signs16(signs, b, p, r):
+    """signs[b, p, r] as a 16-tuple, so that the sign flips below stay in registers."""
+    s = signs[b, p, r]
+    return (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14], s[15])
+
+
+@njit(inline="always", fastmath=True)
+def _signed16(x, s):
+    """x * s elementwise for a 16-tuple x and 16 signs s."""
+    return (x[0] * s[0], x[1] * s[1], x[2] * s[2], x[3] * s[3], x[4] * s[4], x[5] * s[5], x[6] * s[6],
+            x[7] * s[7], x[8] * s[8], x[9] * s[9], x[10] * s[10], x[11] * s[11], x[12] * s[12],
+            x[13] * s[13], x[14] * s[14], x[15] * s[15])  # fmt: skip
+
+
+@njit(inline="always")
+def _bit(y, weight):
+    return np.int32(weight) if y > 0 else np.int32(0)  # a select (and the sum an add): vectorises
+
+
+@njit(inline="always")
+def _sign_bits16(y):
+    """sum_c [y[c] > 0] << c of a 16-tuple."""
+    return (_bit(y[0], 1) + _bit(y[1], 2) + _bit(y[2], 4) + _bit(y[3], 8) + _bit(y[4], 16) + _bit(y[5], 32)
+            + _bit(y[6], 64) + _bit(y[7], 128) + _bit(y[8], 256) + _bit(y[9], 512) + _bit(y[10], 1024)
+            + _bit(y[11], 2048) + _bit(y[12], 4096) + _bit(y[13], 8192) + _bit(y[14], 16384) + _bit(y[15], 32768))
+
+
+@njit(inline="always", fastmath=True)
+def _hadamard3(x_t, signs, b, p, cnt, buf):
+    """buf[:, :cnt] = H D3 H D2 H D1 x_t[:, :cnt] with the signs of part p, column by column."""
+    for c in range(buf.shape[0]):
+        s = signs[b, p, 0, c]
+        for i in range(cnt):
+            buf[c, i] = x_t[c, i] * s
+    for stage in range(1, 3):
+        _fwht_rows(buf, buf.shape[0], cnt)
+        for c in range(buf.shape[0]):
+            s = signs[b, p, stage, c]
+            for i in range(cnt):
+                buf[c, i] *= s
+    _fwht_rows(buf, buf.shape[0], cnt)
+
+
+@njit(inline="always", fastmath=True)
+def _sign_code(buf, row0, tau, cnt, code):
+    """code[i] = sum_bit [buf[row0 + bit, i] > 0] << bit."""
+    for i in range(cnt):
+        code[i] = 0
+    for bit in range(tau):
+        weight = np.int32(1 << bit)
+        for i in range(cnt):  # a select and an add vectorise; (x > 0) << bit did not (2x slower)
+            code[i] += weight if buf[row0 + bit, i] > 0 else np.int32(0)
+
+
+@njit(inline="always", fastmath=True)
+def _hadamard3_signs16(x_t, signs, b, p, cnt, bits):
+    """bits[i] = sign pattern of H D3 H D2 H D1 x_t[:, i] for d_pad = 16. Each column stays in registers:
+    the three transforms take one pass over x_t instead of nine passes over a scratch block."""
+    s1, s2, s3 = _signs16(signs, b, p, 0), _signs16(signs, b, p, 1), _signs16(signs, b, p, 2)
+    for i in range(cnt):
+        x = (x_t[0, i], x_t[1, i], x_t[2, i], x_t[3, i], x_t[4, i], x_t[5, i], x_t[6, i], x_t[7, i],
+             x_t[8, i], x_t[9, i], x_t[10, i], x_t[11, i], x_t[12, i], x_t[13, i], x_t[14, i], x_t[15, i])  # fmt: skip
+        bits[i] = _sign_bits16(_wht16(_signed16(_wht16(_signed16(_wht16(_signed16(x, s1)), s2)), s3)))
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def fast_hash_codes(x, signs, num_hash, tau, codes):
     """codes[b, h, i] = tau-bit sign code of (H D3 H D2 H D1 x_i) for hash h of x (B, n, d).
@@ -76,30 +159,17 @@ def fast_hash_codes(x, signs, num_hash, tau, codes):
         buf = np.empty((d_pad, _HASH_BLOCK), dtype=np.float32)
         acc = np.empty(_HASH_BLOCK, dtype=np.int32)
         for p in range(signs.shape[1]):
-            for c in range(d_pad):
-                s = signs[b, p, 0, c]
-                for i in range(cnt):
-                    buf[c, i] = x_t[c, i] * s
-            for stage in range(1, 3):
-                _fwht_rows(buf, d_pad, cnt)
-                for c in range(d_pad):
-                    s = signs[b, p, stage, c]
+            if d_pad == 16:
+                _hadamard3_signs16(x_t, signs, b, p, cnt, acc)  # acc[i]: all 16 sign bits of column i
+                for g in range(min(per_part, num_hash - p * per_part)):
                     for i in range(cnt):
-                        buf[c, i] *= s
-            _fwht_rows(buf, d_pad, cnt)
-            for g in range(per_part):
-                h = p * per_part + g
-                if h >= num_hash:
-                    break
-                for i in range(cnt):
-                    acc[i] = 0
-                for bit in range(tau):
-                    row = g * tau + bit
-                    weight = np.int32(1 << bit)
-                    for i in range(cnt):  # a select and an add vectorise; (x > 0) << bit did not (2x slower)
-                        acc[i] += weight if buf[row, i] > 0 else np.int32(0)
-                for i in range(cnt):
-                    codes[b, h, i0 + i] = acc[i]
+                        codes[b, p * per_part + g, i0 + i] = (acc[i] >> (g * tau)) & ((1 << tau) - 1)
+            else:
+                _hadamard3(x_t, signs, b, p, cnt, buf)
+                for g in range(min(per_part, num_hash - p * per_part)):
+                    _sign_code(buf, g * tau, tau, cnt, acc)
+                    for i in range(cnt):
+                        codes[b, p * per_part + g, i0 + i] = acc[i]
 
 
 @njit(parallel=True, cache=True)
