@@ -159,17 +159,18 @@ def fast_hash_codes(x, signs, num_hash, tau, codes):
         buf = np.empty((d_pad, _HASH_BLOCK), dtype=np.float32)
         acc = np.empty(_HASH_BLOCK, dtype=np.int32)
         for p in range(signs.shape[1]):
+            h0, n_here = p * per_part, min(per_part, num_hash - p * per_part)  # the hashes this part gives
             if d_pad == 16:
                 _hadamard3_signs16(x_t, signs, b, p, cnt, acc)  # acc[i]: all 16 sign bits of column i
-                for g in range(min(per_part, num_hash - p * per_part)):
+                for g in range(n_here):
                     for i in range(cnt):
-                        codes[b, p * per_part + g, i0 + i] = (acc[i] >> (g * tau)) & ((1 << tau) - 1)
+                        codes[b, h0 + g, i0 + i] = (acc[i] >> (g * tau)) & ((1 << tau) - 1)
             else:
                 _hadamard3(x_t, signs, b, p, cnt, buf)
-                for g in range(min(per_part, num_hash - p * per_part)):
+                for g in range(n_here):
                     _sign_code(buf, g * tau, tau, cnt, acc)
                     for i in range(cnt):
-                        codes[b, p * per_part + g, i0 + i] = acc[i]
+                        codes[b, h0 + g, i0 + i] = acc[i]
 
 
 @njit(parallel=True, cache=True)
