@@ -68,3 +68,14 @@ def test_yoso_backward_sets_the_configs_lsh_backward():
         with pytest.raises(ValueError, match=f"--yoso-backward 'expectation' applies to --attention yoso only, "
                                              f"got --attention {attention}"):  # fmt: skip
             resolve_args({"yoso_backward": "expectation", "attention": attention}).validate()
+
+
+def test_expectation_warmup_needs_sampled_yoso_and_a_non_negative_count():
+    assert parse().expectation_warmup_steps == 0
+    assert parse("--expectation-warmup-steps", "200").expectation_warmup_steps == 200
+    with pytest.raises(ValueError, match="--expectation-warmup-steps must be >= 0, got -1"):
+        resolve_args({"expectation_warmup_steps": -1}).validate()
+    for attention in ("softmax", "yoso-e"):
+        with pytest.raises(ValueError, match=f"--expectation-warmup-steps applies to --attention yoso only, "
+                                             f"got --attention {attention}"):  # fmt: skip
+            resolve_args({"expectation_warmup_steps": 5, "attention": attention}).validate()

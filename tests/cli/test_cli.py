@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from yoso_attention.cli import main
@@ -248,3 +249,25 @@ def test_listops_classes_are_the_digits(tmp_path):
     yoso(*train_args(tmp_path / "run", tmp_path / "cache", steps=2), cwd=tmp_path)
     config = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
     assert config["id2label"] == {str(i): str(i) for i in range(10)}
+
+
+def test_expectation_warmup_trains_with_yoso_e_then_samples(tmp_path, monkeypatch):
+    from yoso_attention.models.yoso import layers_yoso
+
+    calls = []
+    for name, kind in (("yoso_expectation", "yoso-e"), ("yoso_lsh", "yoso")):
+
+        def spy(*args, _op=getattr(layers_yoso, name), _kind=kind, **kwargs):
+            calls.append((_kind, torch.is_grad_enabled()))
+            return _op(*args, **kwargs)
+
+        monkeypatch.setattr(layers_yoso, name, spy)
+    run_dir = tmp_path / "run"
+    args = train_args(run_dir, tmp_path / "cache", steps=4, extra=["--num-layers", "1", "--eval-every", "2",
+                                                                   "--expectation-warmup-steps", "2"])  # fmt: skip
+    assert main(args) == 0
+    kinds = [kind for kind, training in calls if training]  # training steps (evaluation runs without grad)
+    assert kinds == ["yoso-e", "yoso-e", "yoso", "yoso"]
+    # evaluations from the warm-up's last step on (steps 2 and 4, and the test) already sample
+    assert {kind for kind, training in calls if not training} == {"yoso"}
+    assert json.loads((run_dir / "last" / "config.json").read_text())["use_expectation"] is False

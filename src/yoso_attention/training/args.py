@@ -65,6 +65,8 @@ class TrainArgs:
     yoso_backward: str = _arg("lsh", "YOSO sampling: gradients from the forward's sampled collisions (lsh, linear) "
                               "or from YOSO-E's expectation (expectation, quadratic; a diagnostic)",
                               choices=YOSO_BACKWARDS)  # fmt: skip
+    expectation_warmup_steps: int = _arg(0, "YOSO sampling: train the first this many steps with YOSO-E (exact "
+                                         "expectation, quadratic) on the same weights, then sample")  # fmt: skip
     pooling: str = _arg("cls", "classifier input: first token (cls, transformers-compatible) or mean over real "
                         "tokens (mean, the paper's LRA models)", choices=POOLINGS)  # fmt: skip
     dropout: float = _arg(0.1, "dropout probability of embeddings, layers and the classifier")
@@ -98,6 +100,11 @@ class TrainArgs:
                              f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.expectation_warmup_steps < 0:
+            raise ValueError(f"--expectation-warmup-steps must be >= 0, got {self.expectation_warmup_steps}")
+        if self.expectation_warmup_steps and self.attention != "yoso":
+            raise ValueError(f"--expectation-warmup-steps applies to --attention yoso only, "
+                             f"got --attention {self.attention}")  # fmt: skip
         if self.yoso_backward != "lsh" and self.attention != "yoso":
             raise ValueError(f"--yoso-backward {self.yoso_backward!r} applies to --attention yoso only, "
                              f"got --attention {self.attention}")  # fmt: skip

@@ -59,6 +59,13 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
     return model
 
 
+def set_attention_for_step(model, args: TrainArgs, step: int) -> None:
+    """--expectation-warmup-steps: YOSO-E before that step, sampling from it on (evaluations and checkpoints
+    after the warm-up's last step already use sampling). YOSO-E and sampling share every weight."""
+    if args.expectation_warmup_steps:
+        model.config.use_expectation = step < args.expectation_warmup_steps
+
+
 def check_fits(config: YosoConfig, args: TrainArgs, vocab_size: int) -> None:
     """A model from --init-from must have the positions and vocabulary the data needs."""
     if args.max_length > config.max_position_embeddings:
@@ -183,6 +190,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             dist.barrier()
 
     model.train()
+    set_attention_for_step(model, args, step)
     train_split, eval_baselines = splits["train"], splits["eval"].baselines()
     tokens, start = 0, time.perf_counter()
     bar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, desc=f"train {args.attention}", unit="step")
@@ -196,6 +204,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             optimizer.step()
             scheduler.step()
             step += 1
+            set_attention_for_step(model, args, step)
             tokens += int(mask.sum()) * world
             rate = tokens / (time.perf_counter() - start)
             bar.update(1)
