@@ -271,3 +271,16 @@ def test_expectation_warmup_trains_with_yoso_e_then_samples(tmp_path, monkeypatc
     # evaluations from the warm-up's last step on (steps 2 and 4, and the test) already sample
     assert {kind for kind, training in calls if not training} == {"yoso"}
     assert json.loads((run_dir / "last" / "config.json").read_text())["use_expectation"] is False
+
+
+def test_plot_labels_name_the_expectation_warmup(tmp_path):
+    from yoso_attention.training.plot import run_label, run_styles
+
+    for name, warmup in (("plain", 0), ("warm", 200)):
+        (tmp_path / name).mkdir()
+        write(tmp_path / name / "args.json", json.dumps({"attention": "yoso", "seed": 1,
+                                                          "expectation_warmup_steps": warmup}))  # fmt: skip
+    assert run_label(tmp_path / "plain") == "yoso, seed 1"
+    assert run_label(tmp_path / "warm") == "yoso after 200 YOSO-E steps, seed 1"
+    (plain, warm) = run_styles([tmp_path / "plain", tmp_path / "warm"], ["C0", "C1"])
+    assert plain[0] != warm[0]  # a different recipe gets its own color

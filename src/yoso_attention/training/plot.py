@@ -53,12 +53,19 @@ def _run_args(run_dir: Path) -> dict:
     return json.loads(args_path.read_text()) if args_path.exists() else {}
 
 
+def _attention_kind(args: dict) -> str:
+    """The attention a run trained with, e.g. 'yoso' or 'yoso after 200 YOSO-E steps'."""
+    kind = args.get("attention", "?")
+    warmup = args.get("expectation_warmup_steps")
+    return f"{kind} after {warmup} YOSO-E steps" if warmup else kind
+
+
 def run_label(run_dir: Path) -> str:
     """'attention, seed N' from the run's args.json (the directory name when absent)."""
     args = _run_args(run_dir)
     if not args:
         return Path(run_dir).name
-    return f"{args.get('attention', '?')}, seed {args.get('seed', '?')}"
+    return f"{_attention_kind(args)}, seed {args.get('seed', '?')}"
 
 
 BASELINE_STYLES = {"majority": ("--", "majority class"), "first_operator": (":", "first-operator rule")}
@@ -68,7 +75,7 @@ SEED_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
 def run_styles(run_dirs: list[Path], colors: list[str]) -> list[tuple[str, object]]:
     """(color, line style) per run: one color per attention kind, a line style per run of the same kind, so
     that seeds of one attention read as a family."""
-    kinds = [_run_args(run_dir).get("attention", Path(run_dir).name) for run_dir in run_dirs]
+    kinds = [_attention_kind(args) if (args := _run_args(run_dir)) else Path(run_dir).name for run_dir in run_dirs]
     palette = {kind: colors[i % len(colors)] for i, kind in enumerate(dict.fromkeys(kinds))}
     return [(palette[kind], SEED_STYLES[kinds[:i].count(kind) % len(SEED_STYLES)]) for i, kind in enumerate(kinds)]
 
