@@ -75,6 +75,8 @@ def test_expectation_warmup_needs_sampled_yoso_and_a_non_negative_count():
     assert parse("--expectation-warmup-steps", "200").expectation_warmup_steps == 200
     with pytest.raises(ValueError, match="--expectation-warmup-steps must be >= 0, got -1"):
         resolve_args({"expectation_warmup_steps": -1}).validate()
+    with pytest.raises(ValueError, match="--expectation-warmup-steps 50 must be below --max-steps 50"):
+        resolve_args({"expectation_warmup_steps": 50, "max_steps": 50}).validate()
     for attention in ("softmax", "yoso-e"):
         with pytest.raises(ValueError, match=f"--expectation-warmup-steps applies to --attention yoso only, "
                                              f"got --attention {attention}"):  # fmt: skip

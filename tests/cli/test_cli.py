@@ -251,23 +251,28 @@ def test_listops_classes_are_the_digits(tmp_path):
     assert config["id2label"] == {str(i): str(i) for i in range(10)}
 
 
-def test_expectation_warmup_trains_with_yoso_e_then_samples(tmp_path, monkeypatch):
+def test_expectation_warmup_trains_with_yoso_e_then_samples_and_resumes_in_either_mode(tmp_path, monkeypatch):
     from yoso_attention.models.yoso import layers_yoso
 
-    calls = []
+    calls, interrupt_at = [], [2]  # the 2nd training call: inside step 2, the warm-up's last step
     for name, kind in (("yoso_expectation", "yoso-e"), ("yoso_lsh", "yoso")):
 
         def spy(*args, _op=getattr(layers_yoso, name), _kind=kind, **kwargs):
             calls.append((_kind, torch.is_grad_enabled()))
+            if sum(training for _, training in calls) in interrupt_at and torch.is_grad_enabled():
+                interrupt_at.clear()
+                raise KeyboardInterrupt
             return _op(*args, **kwargs)
 
         monkeypatch.setattr(layers_yoso, name, spy)
     run_dir = tmp_path / "run"
     args = train_args(run_dir, tmp_path / "cache", steps=4, extra=["--num-layers", "1", "--eval-every", "2",
                                                                    "--expectation-warmup-steps", "2"])  # fmt: skip
-    assert main(args) == 0
+    assert main(args) == 130  # interrupted in step 2: last/ holds step 1, saved in YOSO-E mode
+    assert json.loads((run_dir / "last" / "config.json").read_text())["use_expectation"] is True
+    assert main([*args, "--resume"]) == 0
     kinds = [kind for kind, training in calls if training]  # training steps (evaluation runs without grad)
-    assert kinds == ["yoso-e", "yoso-e", "yoso", "yoso"]
+    assert kinds == ["yoso-e", "yoso-e", "yoso-e", "yoso", "yoso"]  # step 2 twice: interrupted, then resumed
     # evaluations from the warm-up's last step on (steps 2 and 4, and the test) already sample
     assert {kind for kind, training in calls if not training} == {"yoso"}
     assert json.loads((run_dir / "last" / "config.json").read_text())["use_expectation"] is False

@@ -102,6 +102,9 @@ class TrainArgs:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.expectation_warmup_steps < 0:
             raise ValueError(f"--expectation-warmup-steps must be >= 0, got {self.expectation_warmup_steps}")
+        if self.expectation_warmup_steps >= self.max_steps:
+            raise ValueError(f"--expectation-warmup-steps {self.expectation_warmup_steps} must be below --max-steps "
+                             f"{self.max_steps}: the run would never sample (--attention yoso-e trains YOSO-E)")
         if self.expectation_warmup_steps and self.attention != "yoso":
             raise ValueError(f"--expectation-warmup-steps applies to --attention yoso only, "
                              f"got --attention {self.attention}")  # fmt: skip
