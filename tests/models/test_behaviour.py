@@ -1,5 +1,8 @@
 """Behaviour beyond parity: padding, sampling mode, attention maps, checkpointing, autocast, compile."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -107,6 +110,27 @@ def test_torch_compile_expectation_mode_runs():
     ids = torch.randint(3, 99, (2, 12))
     compiled = torch.compile(model, backend="eager")
     assert torch.allclose(compiled(ids).last_hidden_state, model(ids).last_hidden_state, atol=1e-5)
+
+
+def test_torch_compile_runs_kernels_compiled_for_the_first_time(tmp_path):
+    """With an empty numba cache the kernels' first calls happen inside the compiled model (a fresh install):
+    numba's compiler must run outside dynamo's tracing (it failed inside it)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, yoso_attention\n"
+        "from tests.models.conftest import tiny_config\n"
+        "for expectation in (True, False):\n"
+        "    model = yoso_attention.YosoModel(tiny_config(use_expectation=expectation)).eval()\n"
+        "    ids = torch.randint(3, 99, (2, 12))\n"
+        "    torch.manual_seed(0); out = torch.compile(model, backend='eager')(ids).last_hidden_state\n"
+        "    torch.manual_seed(0); assert torch.allclose(out, model(ids).last_hidden_state, atol=1e-5)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_return_dict_false_gives_transformers_tuples():

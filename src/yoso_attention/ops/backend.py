@@ -11,11 +11,11 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import torch
 
-_kernels: ModuleType | None = None
+_kernels: SimpleNamespace | None = None
 _load_error: str | None = None
 _warned = False
 _torch_only = False
@@ -30,13 +30,22 @@ def _load() -> ModuleType | None:
             try:
                 from . import kernels_numba
 
-                _kernels = kernels_numba
+                _kernels = _opaque_to_torch_compile(kernels_numba)
             except Exception as exc:  # ImportError, or numba failing on an unsupported platform
                 _load_error = f"{type(exc).__name__}: {exc}"
     return _kernels
 
 
-def numba_kernels(*tensors: torch.Tensor) -> ModuleType | None:
+def _opaque_to_torch_compile(module: ModuleType) -> SimpleNamespace:
+    """The module's numba kernels, each hidden from torch.compile (a graph break around the call). Without
+    it, a kernel's first call inside a compiled model, which runs numba's compiler in Python, gets traced:
+    dynamo resumes inside numba's lowering after a graph break there, and the compilation fails."""
+    reason = "numba kernel: runs outside the graph"
+    kernels = {name: f for name, f in vars(module).items() if hasattr(f, "py_func")}  # numba dispatchers
+    return SimpleNamespace(**{name: torch.compiler.disable(f, reason=reason) for name, f in kernels.items()})
+
+
+def numba_kernels(*tensors: torch.Tensor) -> SimpleNamespace | None:
     """The numba kernel module if all tensors are on the CPU and numba is usable, else None."""
     global _warned
     if _torch_only or any(t.device.type != "cpu" for t in tensors):
