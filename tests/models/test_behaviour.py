@@ -114,18 +114,18 @@ def test_torch_compile_expectation_mode_runs():
 
 def test_torch_compile_runs_kernels_compiled_for_the_first_time(tmp_path):
     """With an empty numba cache the kernels' first calls happen inside the compiled model (a fresh install):
-    numba's compiler must run outside dynamo's tracing (it failed inside it)."""
+    numba's compiler must run outside dynamo's tracing (it failed inside it). Expectation mode only: its one
+    kernel compiles in seconds, sampling mode's take minutes; all go through the same wrapper."""
     import subprocess
     import sys
 
     script = (
         "import torch, yoso_attention\n"
         "from tests.models.conftest import tiny_config\n"
-        "for expectation in (True, False):\n"
-        "    model = yoso_attention.YosoModel(tiny_config(use_expectation=expectation)).eval()\n"
-        "    ids = torch.randint(3, 99, (2, 12))\n"
-        "    torch.manual_seed(0); out = torch.compile(model, backend='eager')(ids).last_hidden_state\n"
-        "    torch.manual_seed(0); assert torch.allclose(out, model(ids).last_hidden_state, atol=1e-5)\n"
+        "model = yoso_attention.YosoModel(tiny_config(use_expectation=True)).eval()\n"
+        "ids = torch.randint(3, 99, (2, 12))\n"
+        "out = torch.compile(model, backend='eager')(ids).last_hidden_state\n"
+        "assert torch.allclose(out, model(ids).last_hidden_state, atol=1e-5)\n"
     )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], env=env,
