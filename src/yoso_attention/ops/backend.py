@@ -21,7 +21,7 @@ _warned = False
 _torch_only = False
 
 
-def _load() -> ModuleType | None:
+def _load() -> SimpleNamespace | None:
     global _kernels, _load_error
     if _kernels is None and _load_error is None:
         if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
@@ -41,12 +41,13 @@ def _opaque_to_torch_compile(module: ModuleType) -> SimpleNamespace:
     it, a kernel's first call inside a compiled model, which runs numba's compiler in Python, gets traced:
     dynamo resumes inside numba's lowering after a graph break there, and the compilation fails."""
     reason = "numba kernel: runs outside the graph"
-    kernels = {name: f for name, f in vars(module).items() if hasattr(f, "py_func")}  # numba dispatchers
-    return SimpleNamespace(**{name: torch.compiler.disable(f, reason=reason) for name, f in kernels.items()})
+    return SimpleNamespace(**{name: torch.compiler.disable(f, reason=reason) for name, f in vars(module).items()
+                              if hasattr(f, "py_func") and not name.startswith("_")})  # the public dispatchers
 
 
 def numba_kernels(*tensors: torch.Tensor) -> SimpleNamespace | None:
-    """The numba kernel module if all tensors are on the CPU and numba is usable, else None."""
+    """The numba kernels (as ``_opaque_to_torch_compile`` hands them) if all tensors are on the CPU and numba
+    is usable, else None."""
     global _warned
     if _torch_only or any(t.device.type != "cpu" for t in tensors):
         return None
