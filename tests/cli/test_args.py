@@ -81,3 +81,21 @@ def test_expectation_warmup_needs_sampled_yoso_and_a_non_negative_count():
         with pytest.raises(ValueError, match=f"--expectation-warmup-steps applies to --attention yoso only, "
                                              f"got --attention {attention}"):  # fmt: skip
             resolve_args({"expectation_warmup_steps": 5, "attention": attention}).validate()
+
+
+def test_recompute_hash_codes_reaches_fresh_and_loaded_models(tmp_path):
+    from yoso_attention.training.loop import build_model
+
+    assert parse().recompute_hash_codes is False
+    model = build_model(parse("--recompute-hash-codes"), vocab_size=20, pad_id=0, num_classes=10)
+    assert model.config.recompute_hash_codes is True
+    model.save_pretrained(tmp_path / "m")
+    loaded = build_model(parse("--init-from", str(tmp_path / "m")), vocab_size=20, pad_id=0, num_classes=10)
+    assert loaded.config.recompute_hash_codes is False  # a training setting: the flag decides, not the checkpoint
+
+
+def test_trim_memory_every_is_a_non_negative_step_count():
+    assert parse().trim_memory_every == 10
+    assert parse("--trim-memory-every", "0").trim_memory_every == 0
+    with pytest.raises(ValueError, match=r"--trim-memory-every must be >= 0 \(0: never\), got -1"):
+        resolve_args({"trim_memory_every": -1}).validate()

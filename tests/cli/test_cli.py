@@ -289,3 +289,18 @@ def test_plot_labels_name_the_expectation_warmup(tmp_path):
     assert run_label(tmp_path / "warm") == "yoso after 200 YOSO-E steps, seed 1"
     (plain, warm) = run_styles([tmp_path / "plain", tmp_path / "warm"], ["C0", "C1"])
     assert plain[0] != warm[0]  # a different recipe gets its own color
+
+
+@pytest.mark.parametrize("every,calls", [(2, 3), (4, 1), (0, 0)], ids=["every2", "every4", "never"])
+def test_training_returns_free_heap_memory_every_few_steps(tmp_path, monkeypatch, every, calls):
+    from yoso_attention import heap
+    from yoso_attention.training import loop
+
+    assert heap.release_free_heap() is True  # glibc, as on the machines the suite runs on
+    trims = []
+    monkeypatch.setattr(loop, "release_free_heap", lambda: trims.append(1))
+    run_dir = tmp_path / "run"
+    args = train_args(run_dir, tmp_path / "cache", steps=6, extra=["--num-layers", "1", "--trim-memory-every",
+                                                                   str(every)])  # fmt: skip
+    assert main(args) == 0
+    assert len(trims) == calls  # after steps 2, 4, 6 / 4 / never of the 6

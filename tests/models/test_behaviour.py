@@ -175,7 +175,8 @@ def _saved_activation_bytes(model, ids, mask) -> int:
 
 def test_sampling_mode_keeps_for_backward_what_softmax_keeps_plus_the_codes():
     """Training memory: no unit rows and no second copy of the normalised context, so a layer keeps what the same
-    layer with SDPA keeps, plus the int16 codes of every query and key (2 x m x 2 bytes a token and head)."""
+    layer with SDPA keeps, plus the int16 codes of every query and key (2 x m x 2 bytes a token and head), or
+    with recompute_hash_codes only what SDPA keeps."""
     from yoso_attention.training.softmax import use_softmax_attention
 
     cfg = dict(use_expectation=False, num_hash=32, hash_code_len=11, max_position_embeddings=512,
@@ -189,3 +190,8 @@ def test_sampling_mode_keeps_for_backward_what_softmax_keeps_plus_the_codes():
     code_bytes = layers * batch * heads * n * 2 * 32 * 2
     yoso_bytes, softmax_bytes = _saved_activation_bytes(yoso, ids, mask), _saved_activation_bytes(softmax, ids, mask)
     assert yoso_bytes <= (softmax_bytes + code_bytes) * 1.01
+    # recompute_hash_codes keeps the hash functions instead: at head dim 16 and tau 11 one hash function per
+    # Hadamard part, each 3 x 16 float signs (a tenth of the codes' bytes here, and independent of n).
+    yoso.config.recompute_hash_codes = True
+    draw_bytes = layers * batch * heads * 32 * 3 * 16 * 4
+    assert _saved_activation_bytes(yoso, ids, mask) <= softmax_bytes * 1.01 + draw_bytes

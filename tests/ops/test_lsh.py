@@ -195,3 +195,36 @@ def test_sampled_backward_keeps_small_codes_and_no_unit_rows(tau, code_dtype):
     assert [(t.dtype, tuple(t.shape)) for t in codes] == [(code_dtype, (batch * heads, m, n))] * 2
     out.sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+def test_recomputed_codes_give_the_same_gradients_and_keep_only_the_hash_functions(fast_hash, backend):
+    """recompute_codes keeps the hash functions' draw (no n in its shape) instead of the codes and rehashes in
+    backward: bit-identical outputs and gradients."""
+    batch, heads, n, d, m, tau = 2, 3, 500, 16, 8, 6  # n > 2 d tau: the Gaussian draw is smaller than the codes
+    q, k, v = (torch.randn(batch, heads, n, d) for _ in range(3))
+    mask = torch.rand(batch, 1, n) > 0.2
+    runs = []
+    for recompute in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = yoso_lsh(*leaves, mask, num_hash=m, hash_code_len=tau, fast_hash=fast_hash, generator=gen(),
+                           recompute_codes=recompute)  # fmt: skip
+        out.backward(torch.randn(out.shape, generator=gen(1)))
+        runs.append((out, [t.grad for t in leaves], saved))
+    (out, grads, saved), (out_r, grads_r, saved_r) = runs
+    assert torch.equal(out, out_r) and all(torch.equal(a, b) for a, b in zip(grads, grads_r))
+    assert not [t for t in saved_r if t.dtype in (torch.uint8, torch.int16)]  # no codes kept
+    assert sum(t.numel() * t.element_size() for t in saved_r) < sum(t.numel() * t.element_size() for t in saved)
+    draw = [t for t in saved_r if t.is_floating_point() and t.shape[1] != n]
+    assert len(draw) == 1 and n not in draw[0].shape  # the draw: its size does not grow with the sequence
+
+
+def test_recompute_codes_keeps_the_codes_when_they_are_smaller_than_the_gaussian_draw():
+    q, k, v = (torch.randn(2, 50, 16, requires_grad=True) for _ in range(3))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        yoso_lsh(q, k, v, num_hash=8, hash_code_len=6, fast_hash=False, generator=gen(), recompute_codes=True)
+    # codes 2 x (2, 8, 50) bytes; the draw would be (2, 16, 8 x 6) floats
+    assert [(t.dtype, tuple(t.shape)) for t in saved if t.dtype == torch.uint8] == [(torch.uint8, (2, 8, 50))] * 2

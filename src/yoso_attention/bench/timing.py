@@ -9,13 +9,14 @@ free. Both add page faults, so timings are taken before memory is measured.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import statistics
 import threading
 import time
 from collections.abc import Callable
+
+from ..heap import libc, release_free_heap
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -28,14 +29,6 @@ def rss_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _release_free_memory() -> None:
-    """Return freed heap pages to the OS, so that reusing them shows up in RSS again (glibc only)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class PeakRSS:
@@ -52,7 +45,7 @@ class PeakRSS:
 
     def __enter__(self) -> PeakRSS:
         gc.collect()
-        _release_free_memory()
+        release_free_heap()  # so that reusing freed pages shows up in RSS again
         self._base = rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -66,12 +59,11 @@ class PeakRSS:
 
 def exact_rss_mode() -> bool:
     """Ask glibc to map allocations above 64 KB individually (and unmap them on free). False if not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    lib = libc()
+    if lib is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 16)) and bool(libc.mallopt(m_trim_threshold, 1 << 16))
+    return bool(lib.mallopt(m_mmap_threshold, 1 << 16)) and bool(lib.mallopt(m_trim_threshold, 1 << 16))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, slow: float = 5.0) -> float:

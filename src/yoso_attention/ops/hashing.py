@@ -72,15 +72,22 @@ def _fast_projection_matrix(signs: torch.Tensor, d: int, tau: int) -> torch.Tens
     return mat[:, :, :d, :used].permute(0, 2, 1, 3).reshape(n_b, d, parts * used)
 
 
-def _draw(n_b: int, d: int, num_hash: int, tau: int, fast: bool, device, generator) -> torch.Tensor:
+def draw_hash_functions(
+    n_b: int, d: int, num_hash: int, tau: int, fast: bool, device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The random draw that defines num_hash tau-bit hash functions for each of n_b (batch x head) rows:
+    (n_b, parts, 3, d_pad) +-1 signs (fast) or (n_b, d, num_hash * tau) Gaussian projections. No n in its
+    shape: the sampled backward can keep it and rehash instead of keeping the codes."""
     if fast:
         shape = (n_b, fast_hash_parts(d, num_hash, tau), 3, padded_dim(d))
         return torch.randint(0, 2, shape, generator=generator, device=device).float() * 2 - 1
     return torch.randn((n_b, d, num_hash * tau), generator=generator, device=device)
 
 
-def _hash_one(x: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int, fast: bool) -> torch.Tensor:
-    """x (B, n, d) float32 -> codes (B, num_hash, n) of code_dtype(tau)."""
+def hash_rows(x: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int, fast: bool) -> torch.Tensor:
+    """x (B, n, d) contiguous float32 and a ``draw_hash_functions`` draw -> codes (B, num_hash, n) of
+    code_dtype(tau); deterministic, so rehashing the same rows gives the same codes."""
+    x = x.detach()
     kernels = numba_kernels(x)
     if kernels is not None and fast:
         codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
@@ -100,8 +107,15 @@ def hash_flat(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, L, d), k (B, S, d) contiguous float32 (see ``flat_rows``) -> codes (B, num_hash, L) and
     (B, num_hash, S) of code_dtype(tau), sharing one draw."""
-    randomness = _draw(q.shape[0], q.shape[-1], num_hash, tau, fast, q.device, generator)
-    return _hash_one(q.detach(), randomness, num_hash, tau, fast), _hash_one(k.detach(), randomness, num_hash, tau, fast)
+    randomness = draw_hash_functions(q.shape[0], q.shape[-1], num_hash, tau, fast, q.device, generator)
+    return hash_pair(q, k, randomness, num_hash, tau, fast)
+
+
+def hash_pair(
+    q: torch.Tensor, k: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int, fast: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hash_rows`` of q and of k under one draw."""
+    return hash_rows(q, randomness, num_hash, tau, fast), hash_rows(k, randomness, num_hash, tau, fast)
 
 
 def hash_codes(

@@ -65,12 +65,17 @@ class TrainArgs:
     yoso_backward: str = _arg("lsh", "YOSO sampling: gradients from the forward's sampled collisions (lsh, linear) "
                               "or from YOSO-E's expectation (expectation, quadratic; a diagnostic)",
                               choices=YOSO_BACKWARDS)  # fmt: skip
+    recompute_hash_codes: bool = _arg(False, "YOSO sampling: keep each attention call's hash functions instead of "
+                                      "its codes and rehash in backward (less memory, one more hashing; same "
+                                      "gradients)")  # fmt: skip
     expectation_warmup_steps: int = _arg(0, "YOSO sampling: train the first this many steps with YOSO-E (exact "
                                          "expectation, quadratic) on the same weights, then sample")  # fmt: skip
     pooling: str = _arg("cls", "classifier input: first token (cls, transformers-compatible) or mean over real "
                         "tokens (mean, the paper's LRA models)", choices=POOLINGS)  # fmt: skip
     dropout: float = _arg(0.1, "dropout probability of embeddings, layers and the classifier")
     # optimisation
+    trim_memory_every: int = _arg(10, "return freed heap memory to the OS every this many steps (glibc's "
+                                  "malloc_trim; 0: never): a lower peak RSS for a few %% of tokens/s")  # fmt: skip
     batch_size: int = _arg(32, "sequences per optimizer step (over all processes under torchrun)")
     lr: float = _arg(2e-3, "peak learning rate of AdamW")
     weight_decay: float = _arg(0.01, "AdamW weight decay")
@@ -100,6 +105,8 @@ class TrainArgs:
                              f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.trim_memory_every < 0:
+            raise ValueError(f"--trim-memory-every must be >= 0 (0: never), got {self.trim_memory_every}")
         if self.expectation_warmup_steps < 0:
             raise ValueError(f"--expectation-warmup-steps must be >= 0, got {self.expectation_warmup_steps}")
         if self.expectation_warmup_steps >= self.max_steps:

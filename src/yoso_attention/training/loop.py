@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..heap import release_free_heap
 from ..hub import local_dir
 from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification
 from .args import TrainArgs
@@ -54,6 +55,7 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
     if names:
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {name: i for i, name in enumerate(names)}
+    model.config.recompute_hash_codes = args.recompute_hash_codes  # training memory, also for --init-from models
     if getattr(model.config, "attention_kind", None) == "softmax":
         use_softmax_attention(model)
     return model
@@ -204,6 +206,8 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             optimizer.step()
             scheduler.step()
             step += 1
+            if args.trim_memory_every and step % args.trim_memory_every == 0:
+                release_free_heap()
             set_attention_for_step(model, args, step)
             tokens += int(mask.sum()) * world
             rate = tokens / (time.perf_counter() - start)

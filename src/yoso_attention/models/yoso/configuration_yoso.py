@@ -40,6 +40,10 @@ class YosoConfig(PreTrainedConfig):
             head dim >= hash_code_len after padding to a power of two).
         lsh_backward (`bool`, defaults to `True`): linear-time sampled gradients in sampling mode, else
             the dense YOSO-E gradients.
+        recompute_hash_codes (`bool`, defaults to `False`): with the sampled backward, keep each attention
+            call's hash functions instead of its codes and rehash q and k in backward (same gradients): 2 bytes
+            less per token, head and hash function, for one more hashing per layer and step. Not a transformers
+            field.
         pad_token_id (`int`, defaults to 1), bos_token_id (`int`, defaults to 0), eos_token_id (`int`,
             defaults to 2): special token ids.
         add_cross_attention (`bool`, defaults to `False`): must stay False; YOSO is an encoder.
@@ -71,6 +75,7 @@ class YosoConfig(PreTrainedConfig):
     conv_window: int | None = None
     use_fast_hash: bool = True
     lsh_backward: bool = True
+    recompute_hash_codes: bool = False
     pad_token_id: int | None = 1
     bos_token_id: int | None = 0
     eos_token_id: int | list[int] | None = 2

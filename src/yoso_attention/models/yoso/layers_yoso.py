@@ -91,7 +91,8 @@ class YosoSelfAttention(nn.Module):
             seed = int(torch.randint(0, 2**62, (1,)))
             hash_kw = dict(num_hash=cfg.num_hash, hash_code_len=cfg.hash_code_len, fast_hash=cfg.use_fast_hash)
             generator = torch.Generator(device=q.device).manual_seed(seed)
-            context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward, generator=generator, **hash_kw)
+            context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward, generator=generator,
+                               recompute_codes=cfg.recompute_hash_codes, **hash_kw)
             if output_attentions:
                 generator = torch.Generator(device=q.device).manual_seed(seed)
                 q_codes, k_codes = hash_codes(q, k, generator=generator, **hash_kw)
