@@ -57,7 +57,10 @@ def _builders(n: int, num_hash: int, tau: int, pass_: str):
     import transformers
 
     ours = dict(hash_code_len=tau, num_hash=num_hash)
-    sampling = lambda **kw: YosoModel(YosoConfig(**base_config(n, use_expectation=False, **ours, **kw)))  # noqa: E731
+
+    def sampling(**overrides):
+        return YosoModel(YosoConfig(**base_config(n, use_expectation=False, **ours, **overrides)))
+
     builders = {"yoso (ours, sampling)": (sampling, contextlib.nullcontext)}
     if pass_ == "train":  # the training-memory option: hash functions kept for backward instead of codes
         builders["yoso (ours, recomputed codes)"] = (lambda: sampling(recompute_hash_codes=True),
