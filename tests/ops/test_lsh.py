@@ -1,3 +1,5 @@
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -11,6 +13,14 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def kept_for_backward():
+    """The list of tensors that autograd keeps for backward inside the block."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        yield saved
 
 
 @pytest.mark.parametrize("lsh_backward", [True, False], ids=["lshbwd", "densebwd"])
@@ -187,8 +197,7 @@ def test_sampled_backward_keeps_small_codes_and_no_unit_rows(tau, code_dtype):
     """What stays alive per call until backward: q, k, v (fp32), the masks and the codes in their smallest type."""
     batch, heads, n, d, m = 2, 3, 100, 16, 8
     q, k, v = (torch.randn(batch, heads, n, d, requires_grad=True) for _ in range(3))
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with kept_for_backward() as saved:
         out = yoso_lsh(q, k, v, torch.rand(batch, 1, n) > 0.2, num_hash=m, hash_code_len=tau, generator=gen())
     assert [tuple(t.shape) for t in saved if t.is_floating_point()] == [(batch * heads, n, d)] * 3  # no unit rows
     codes = [t for t in saved if not t.is_floating_point() and t.dtype != torch.bool]
@@ -207,8 +216,7 @@ def test_recomputed_codes_give_the_same_gradients_and_keep_only_the_hash_functio
     runs = []
     for recompute in (False, True):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with kept_for_backward() as saved:
             out = yoso_lsh(*leaves, mask, num_hash=m, hash_code_len=tau, fast_hash=fast_hash, generator=gen(),
                            recompute_codes=recompute)  # fmt: skip
         out.backward(torch.randn(out.shape, generator=gen(1)))
@@ -223,8 +231,7 @@ def test_recomputed_codes_give_the_same_gradients_and_keep_only_the_hash_functio
 
 def test_recompute_codes_keeps_the_codes_when_they_are_smaller_than_the_gaussian_draw():
     q, k, v = (torch.randn(2, 50, 16, requires_grad=True) for _ in range(3))
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+    with kept_for_backward() as saved:
         yoso_lsh(q, k, v, num_hash=8, hash_code_len=6, fast_hash=False, generator=gen(), recompute_codes=True)
     # codes 2 x (2, 8, 50) bytes; the draw would be (2, 16, 8 x 6) floats
     assert [(t.dtype, tuple(t.shape)) for t in saved if t.dtype == torch.uint8] == [(torch.uint8, (2, 8, 50))] * 2
