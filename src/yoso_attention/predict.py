@@ -11,19 +11,21 @@ import torch
 
 
 def _load_model(model_dir: Path):
-    from .models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification
+    """(model, kind) with kind "mlm", "tokens" (token classification: MQAR) or "sequence"."""
+    from .models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
 
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json: not a saved model directory")
     config = YosoConfig.from_pretrained(model_dir)
-    masked_lm = any("MaskedLM" in a for a in (config.architectures or []))
-    cls = YosoForMaskedLM if masked_lm else YosoForSequenceClassification
+    architecture = " ".join(config.architectures or [])
+    kind = "mlm" if "MaskedLM" in architecture else "tokens" if "TokenClassification" in architecture else "sequence"
+    cls = {"mlm": YosoForMaskedLM, "tokens": YosoForTokenClassification}.get(kind, YosoForSequenceClassification)
     model = cls.from_pretrained(model_dir).eval()
     if getattr(config, "attention_kind", None) == "softmax":
         from .training.softmax import use_softmax_attention
 
         use_softmax_attention(model)
-    return model, masked_lm
+    return model, kind
 
 
 def _tokenizer_spec(model_dir: Path, explicit: str | None) -> str:
@@ -40,31 +42,52 @@ def predict(model_dir: str, input_path: str, tokenizer: str | None, top_k: int) 
     from .data.text import make_tokenizer
 
     model_dir = Path(model_dir)
-    model, masked_lm = _load_model(model_dir)
-    spec = _tokenizer_spec(model_dir, tokenizer)
-    if masked_lm and spec == "bytes":
-        fill = functools.partial(_fill_bytes, model, top_k=top_k)
-    elif masked_lm:
-        fill = _pipeline_fill(model, spec, top_k)
+    model, kind = _load_model(model_dir)
+    if kind == "tokens":
+        run = functools.partial(_recall, model, top_k=top_k)
+    elif kind == "mlm":
+        spec = _tokenizer_spec(model_dir, tokenizer)
+        run = functools.partial(_fill_bytes, model, top_k=top_k) if spec == "bytes" else _pipeline_fill(model, spec, top_k)
     else:
-        encode, _, _ = make_tokenizer(spec)
+        run = functools.partial(_classify, model, make_tokenizer(_tokenizer_spec(model_dir, tokenizer))[0], top_k=top_k)
     source = sys.stdin if input_path == "-" else open(input_path, encoding="utf-8")
     with source, torch.no_grad():
         for line in source:
             text = line.rstrip("\n")
-            if not text:
-                continue
-            if masked_lm:
-                result = fill(text)
-            else:
-                ids = encode(text)[: model.config.max_position_embeddings]
-                probs = model(input_ids=torch.tensor([ids])).logits.softmax(-1)[0]
-                scores, labels = probs.topk(min(top_k, probs.numel()))
-                names = model.config.id2label
-                result = [{"label": names.get(int(i), str(int(i))), "score": round(float(s), 4)}
-                          for s, i in zip(scores, labels)]  # fmt: skip
-            print(json.dumps({"text": text[:80], "predictions": result}))
+            if text:
+                print(json.dumps({"text": text[:80], "predictions": run(text)}))
     return 0
+
+
+def _top(probs: torch.Tensor, names: dict, top_k: int) -> list[dict]:
+    scores, labels = probs.topk(min(top_k, probs.numel()))
+    return [{"label": names.get(int(i), str(int(i))), "score": round(float(s), 4)} for s, i in zip(scores, labels)]
+
+
+def _classify(model, encode, text: str, top_k: int) -> list[dict]:
+    ids = encode(text)[: model.config.max_position_embeddings]
+    return _top(model(input_ids=torch.tensor([ids])).logits.softmax(-1)[0], model.config.id2label, top_k)
+
+
+def _recall(model, text: str, top_k: int) -> list[dict]:
+    """An MQAR model on a line of space-separated token ids: at each query (a key seen before in the sequence,
+    right after which a value came), the predicted values."""
+    from .data.mqar import query_positions
+
+    try:
+        ids = [int(word) for word in text.split()]
+    except ValueError:
+        raise ValueError(f"an MQAR model reads space-separated token ids, got {text[:60]!r}") from None
+    cfg = model.config
+    if len(ids) > cfg.max_position_embeddings or not all(0 <= i < cfg.vocab_size for i in ids):
+        raise ValueError(f"expected at most {cfg.max_position_embeddings} token ids in [0, {cfg.vocab_size}), got "
+                         f"{len(ids)} ids in [{min(ids)}, {max(ids)}]")  # fmt: skip
+    queries = query_positions(ids, first_value=cfg.vocab_size - cfg.num_labels)
+    if not queries:
+        raise ValueError(f"no query in {text[:60]!r}: a query is a key that occurred before, followed by its value")
+    probs = model(input_ids=torch.tensor([ids])).logits.softmax(-1)[0]  # (n, values)
+    return [{"position": pos, "key": key, "values": _top(probs[pos], cfg.id2label, top_k)}
+            for pos, key, _ in queries]  # fmt: skip
 
 
 def _pipeline_fill(model, spec: str, top_k: int):

@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field, fields
 
 ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
-TASKS = ("listops", "text", "mlm")
+TASKS = ("listops", "text", "mlm", "mqar")
+MQAR_FILLERS = ("zero", "random")
 POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 YOSO_BACKWARDS = ("lsh", "expectation")
@@ -21,23 +22,31 @@ def _arg(default, help: str, **extra):
 @dataclass
 class TrainArgs:
     task: str = _arg("listops", "what to train: a classifier on generated ListOps (10 classes) or on your "
-                     "labelled text files, or a masked language model on your documents", choices=TASKS)  # fmt: skip
+                     "labelled text files, a masked language model on your documents, or token classification on "
+                     "generated multi-query associative recall (mqar)", choices=TASKS)  # fmt: skip
     output_dir: str | None = _arg(None, "run directory for metrics, plots and checkpoints (default: runs/TASK)")
     preset: str | None = _arg(None, "a named recipe that sets many flags at once; flags given explicitly "
                               "override it (see the README)")  # fmt: skip
     attention: str = _arg("yoso", "token mixing: YOSO sampling (linear), YOSO-E (exact expectation, "
                           "quadratic) or softmax (SDPA baseline)", choices=ATTENTION_KINDS)  # fmt: skip
-    max_length: int = _arg(512, "longest sequence in tokens (the model's positions; mlm: the block length); "
-                           "longer text is truncated")  # fmt: skip
-    # listops
-    train_examples: int = _arg(6000, "ListOps: number of training expressions (generated once, cached)")
-    eval_examples: int = _arg(500, "ListOps: number of evaluation expressions")
-    test_examples: int = _arg(500, "ListOps: number of test expressions")
+    max_length: int = _arg(512, "longest sequence in tokens (the model's positions; mlm: the block length; mqar: "
+                           "the length of every sequence); longer text is truncated")  # fmt: skip
+    # listops and mqar
+    train_examples: int = _arg(6000, "ListOps / MQAR: number of training sequences (generated once, cached)")
+    eval_examples: int = _arg(500, "ListOps / MQAR: number of evaluation sequences")
+    test_examples: int = _arg(500, "ListOps / MQAR: number of test sequences")
     min_length: int = _arg(16, "ListOps: shortest expression in tokens")
     # defaults: LRA's distribution (its generator's depth, operands and digit probability), shorter sequences
     max_depth: int = _arg(10, "ListOps: deepest nesting of operators")
     max_args: int = _arg(10, "ListOps: most operands of one operator (at least 2)")
     leaf_prob: float = _arg(0.75, "ListOps: probability that an operand is a digit rather than a sub-expression")
+    # mqar
+    mqar_pairs: int = _arg(8, "MQAR: key-value pairs per sequence, each queried once (needs --max-length >= 4x)")
+    mqar_vocab_size: int = _arg(8192, "MQAR: token ids (2 special, then half keys, half values; Zoology: 8192)")
+    mqar_power_a: float = _arg(0.01, "MQAR: power-law exponent of the gaps between the pairs and their queries "
+                               "(small: mostly short gaps; Zoology: 0.01)")  # fmt: skip
+    mqar_filler: str = _arg("zero", "MQAR: tokens between the queries: one filler id (zero) or random keys and "
+                            "values the sequence does not query (random)", choices=MQAR_FILLERS)  # fmt: skip
     # text and mlm
     train_file: list[str] | None = _arg(None, "text: .csv / .jsonl files with text and label columns; mlm: .txt "
                                         "(documents separated by blank lines) / .jsonl files", nargs="+")  # fmt: skip
@@ -92,7 +101,8 @@ class TrainArgs:
 
     def validate(self) -> None:
         for name, choices in (("task", TASKS), ("attention", ATTENTION_KINDS), ("pooling", POOLINGS),
-                              ("lr_schedule", LR_SCHEDULES), ("yoso_backward", YOSO_BACKWARDS)):  # fmt: skip
+                              ("lr_schedule", LR_SCHEDULES), ("yoso_backward", YOSO_BACKWARDS),
+                              ("mqar_filler", MQAR_FILLERS)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of {choices}")
         if self.task in ("text", "mlm") and not self.train_file:
@@ -103,6 +113,10 @@ class TrainArgs:
         if self.max_args < 2 or self.max_depth < 1 or not 0.0 <= self.leaf_prob <= 1.0:
             raise ValueError(f"ListOps: need --max-args >= 2, --max-depth >= 1 and 0 <= --leaf-prob <= 1; got "
                              f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
+        if self.task == "mqar":
+            from .data import mqar_spec
+
+            mqar_spec(self).validate()
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.trim_memory_every < 0:

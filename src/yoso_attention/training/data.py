@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..data import listops
+from ..data import listops, mqar
 from ..data.mlm import MlmVocab, mask_tokens, pack_blocks, read_documents
 from ..data.text import class_names, encode, label_ids, load_rows, make_mlm_tokenizer, make_tokenizer
 
@@ -19,6 +20,8 @@ class Split:
     """Encoded examples of one split. Batches are padded to a few fixed widths, so that the allocator
     reuses the freed buffers of earlier steps instead of fragmenting its heap with every new width
     (glibc: peak RSS 2.2x the live peak at LRA length with exact widths)."""
+
+    per_sequence = False  # whether evaluation also scores whole sequences (all labelled positions right)
 
     def __init__(self, examples: list[tuple[list[int], int]], pad_id: int, max_width: int | None = None,
                  task_baselines: dict[str, float] | None = None):  # fmt: skip
@@ -87,6 +90,43 @@ class MlmSplit(Split):
         return masked, mask, labels
 
 
+class MqarSplit(Split):
+    """Generated MQAR sequences, all of one length, as a (num_examples, length) id array; labels (one per
+    query position, -100 elsewhere) are derived from the ids batch by batch. Scored per query and per
+    sequence (all its queries right)."""
+
+    per_sequence = True
+
+    def __init__(self, ids: np.ndarray, spec: mqar.MqarSpec):
+        self.ids, self.spec, self.pad_id = ids, spec, mqar.PAD_ID
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def baselines(self) -> dict[str, float]:
+        return mqar.chance(self.spec.num_pairs)
+
+    def collate(self, indices: list[int], seed: int = 0):
+        ids = self.ids[indices]  # (batch, length)
+        labels = mqar.labels(ids, self.spec.num_pairs, self.spec.first_value)
+        return torch.from_numpy(ids.astype(np.int64)), torch.ones(ids.shape, dtype=torch.long), torch.from_numpy(labels)
+
+
+def mqar_spec(args, num_examples: int = 0, seed: int = 0) -> mqar.MqarSpec:
+    return mqar.MqarSpec(num_examples=num_examples, length=args.max_length, num_pairs=args.mqar_pairs,
+                         vocab_size=args.mqar_vocab_size, power_a=args.mqar_power_a, filler=args.mqar_filler,
+                         seed=seed)  # fmt: skip
+
+
+def _mqar_splits(args) -> tuple[dict[str, Split], int, int, int]:
+    sizes = {"train": args.train_examples, "eval": args.eval_examples, "test": args.test_examples}
+    splits = {}
+    for offset, (name, size) in enumerate(sizes.items()):
+        spec = mqar_spec(args, size, args.seed * 10 + offset)
+        splits[name] = MqarSplit(mqar.load_or_generate(spec, Path(args.cache_dir)), spec)
+    return splits, args.mqar_vocab_size, mqar.PAD_ID, spec.num_values
+
+
 def _mlm_splits(args) -> tuple[dict[str, Split], int, int, None]:
     encode, vocab = make_mlm_tokenizer(args.tokenizer)
 
@@ -112,6 +152,8 @@ def load_splits(args) -> tuple[dict[str, Split], int, int, int]:
     """({"train", "eval", "test"} splits, vocab size, pad id, number of classes or None) for the task."""
     if args.task == "mlm":
         return _mlm_splits(args)
+    if args.task == "mqar":
+        return _mqar_splits(args)
     if args.task == "listops":
         encode_fn, vocab, pad = make_tokenizer("listops")
         spec = dict(min_length=min(args.min_length, args.max_length - 1), max_length=args.max_length - 1,

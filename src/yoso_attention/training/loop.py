@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..heap import release_free_heap
 from ..hub import local_dir
-from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification
+from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
 from .args import TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from .data import MlmSplit, Split, load_splits
@@ -32,9 +32,22 @@ from .distributed import process_group
 from .plot import MISSING_MATPLOTLIB, have_matplotlib, plot_runs
 from .softmax import use_softmax_attention
 
+MODEL_CLASSES = {"mlm": YosoForMaskedLM, "mqar": YosoForTokenClassification}  # else sequence classification
+
+
+def class_names(args: TrainArgs, num_classes: int | None) -> list[str] | None:
+    """Names of the classes in id order: digits (ListOps), value token ids (MQAR), or --label-names."""
+    if args.task == "listops":
+        return [str(i) for i in range(num_classes)]
+    if args.task == "mqar":
+        first_value = args.mqar_vocab_size - num_classes
+        return [str(first_value + i) for i in range(num_classes)]
+    return args.label_names
+
+
 def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int | None):
-    """A YosoForMaskedLM (num_classes None) or YosoForSequenceClassification: fresh, or from --init-from."""
-    cls = YosoForMaskedLM if num_classes is None else YosoForSequenceClassification
+    """The task's model (MODEL_CLASSES; num_classes None for a masked LM): fresh, or from --init-from."""
+    cls = MODEL_CLASSES.get(args.task, YosoForSequenceClassification)
     labels = {} if num_classes is None else {"num_labels": num_classes}
     if args.init_from:
         model = cls.from_pretrained(local_dir(args.init_from, "--init-from"), **labels)
@@ -51,7 +64,7 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
         )  # fmt: skip
         model = cls(config)
         model.config.attention_kind = args.attention
-    names = [str(i) for i in range(num_classes)] if args.task == "listops" else args.label_names  # ListOps: digits
+    names = class_names(args, num_classes)
     if names:
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {name: i for i, name in enumerate(names)}
@@ -96,18 +109,26 @@ def _lr_lambda(args: TrainArgs):
     return fn
 
 
+def batch_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[correct, summed cross-entropy, labelled positions, sequences with every labelled position right,
+    sequences] of one batch: logits (batch, [n,] classes), labels (batch, [n]) with -100 where unlabelled."""
+    picked = labels != -100
+    right = (logits.argmax(-1) == labels) | ~picked  # (batch, [n])
+    all_right = right.reshape(len(labels), -1).all(1)  # (batch,)
+    loss = F.cross_entropy(logits[picked].float(), labels[picked], reduction="sum")
+    return torch.tensor([float((right & picked).sum()), float(loss), float(picked.sum()), float(all_right.sum()),
+                         float(len(labels))], dtype=torch.float64)  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> dict[str, float]:
     """Accuracy and mean cross-entropy over the labelled positions: the examples of a classifier, the
-    masked tokens of a masked LM (labels -100 elsewhere); a masked LM also gets its perplexity."""
+    masked tokens of a masked LM or the queries of MQAR (labels -100 elsewhere); a masked LM also gets its
+    perplexity, MQAR the fraction of sequences with every query right (sequence_accuracy)."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)  # correct, loss, labelled positions
+    sums = torch.zeros(5, dtype=torch.float64)
     for input_ids, mask, labels in split.batches(batch_size, rank, world):
-        logits = model(input_ids=input_ids, attention_mask=mask).logits  # (batch, [n,] classes)
-        picked = labels != -100
-        logits, labels = logits[picked], labels[picked]
-        sums += torch.tensor([float((logits.argmax(-1) == labels).sum()),
-                              float(F.cross_entropy(logits.float(), labels, reduction="sum")), float(len(labels))])  # fmt: skip
+        sums += batch_sums(model(input_ids=input_ids, attention_mask=mask).logits, labels)
     if world > 1:
         dist.all_reduce(sums)
     model.train()
@@ -115,6 +136,8 @@ def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> dic
     metrics = {"accuracy": float(sums[0]) / count, "loss": float(sums[1]) / count}
     if isinstance(split, MlmSplit):
         metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+    if split.per_sequence:
+        metrics["sequence_accuracy"] = float(sums[3]) / max(1.0, float(sums[4]))
     return metrics
 
 

@@ -68,7 +68,9 @@ def run_label(run_dir: Path) -> str:
     return f"{_attention_kind(args)}, seed {args.get('seed', '?')}"
 
 
-BASELINE_STYLES = {"majority": ("--", "majority class"), "first_operator": (":", "first-operator rule")}
+BASELINE_STYLES = {"majority": ("--", "majority class"), "first_operator": (":", "first-operator rule"),
+                   "chance": ("--", "chance (a value of the sequence)")}
+SEQUENCE_BASELINE_STYLES = {"sequence_chance": ("--", "chance (a permutation of the values)")}
 SEED_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)))
 
 
@@ -80,34 +82,45 @@ def run_styles(run_dirs: list[Path], colors: list[str]) -> list[tuple[str, objec
     return [(palette[kind], SEED_STYLES[kinds[:i].count(kind) % len(SEED_STYLES)]) for i, kind in enumerate(kinds)]
 
 
+def _baseline_lines(ax, evals_per_run: list[list[dict]], styles: dict) -> None:
+    """Gray lines at the trivial classifiers' accuracies, at their mean over runs (runs with different seeds
+    evaluate on different generated data)."""
+    for name, (style, text) in styles.items():
+        rates = [evals[-1][name] for evals in evals_per_run if evals and name in evals[-1]]
+        if rates:
+            label = text if max(rates) == min(rates) else f"{text} (mean of {len(rates)} runs)"
+            ax.axhline(sum(rates) / len(rates), color="gray", ls=style, lw=1, label=label)
+
+
 def plot_runs(run_dirs: list[Path], png_path: Path, labels: list[str] | None = None) -> None:
     """Training loss (raw, faint, and smoothed) and eval accuracy of one or more runs, with the trivial
-    baselines (majority class; for ListOps the first-operator rule) as gray lines at their mean over runs
-    (runs with different seeds evaluate on different generated data)."""
+    baselines (majority class; for ListOps the first-operator rule; for MQAR chance) as gray lines; for MQAR a
+    third panel with the fraction of sequences whose every query is right."""
     plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4))
+    metrics = [read_metrics(run_dir) for run_dir in run_dirs]
+    per_sequence = any("sequence_accuracy" in r for _, evals in metrics for r in evals)
+    fig, axes = plt.subplots(1, 3 if per_sequence else 2, figsize=(19 if per_sequence else 13, 4))
+    ax_loss, ax_acc = axes[0], axes[1]
     styles = run_styles(run_dirs, plt.rcParams["axes.prop_cycle"].by_key()["color"])
-    baselines: dict[str, list[float]] = {}
-    for i, run_dir in enumerate(run_dirs):
+    for i, (run_dir, (train, evals)) in enumerate(zip(run_dirs, metrics)):
         (color, style), label = styles[i], (labels[i] if labels else run_label(run_dir))
-        train, evals = read_metrics(run_dir)
         steps, losses = [r["step"] for r in train], [r["loss"] for r in train]
         ax_loss.plot(steps, losses, color=color, lw=0.5, alpha=0.2)
         ax_loss.plot(steps, smooth(losses), color=color, ls=style, lw=1.5, label=label)
-        ax_acc.plot([r["step"] for r in evals], [r["accuracy"] for r in evals], color=color, ls=style, marker="o",
-                    ms=3, label=label)  # fmt: skip
-        for name in BASELINE_STYLES:
-            if evals and name in evals[-1]:
-                baselines.setdefault(name, []).append(evals[-1][name])
-    for name, rates in baselines.items():
-        style, text = BASELINE_STYLES[name]
-        mean = sum(rates) / len(rates)
-        label = text if max(rates) == min(rates) else f"{text} (mean of {len(rates)} runs)"
-        ax_acc.axhline(mean, color="gray", ls=style, lw=1, label=label)
+        for ax, key in ((ax_acc, "accuracy"), *(((axes[2], "sequence_accuracy"),) if per_sequence else ())):
+            points = [(r["step"], r[key]) for r in evals if key in r]
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=color, ls=style, marker="o", ms=3,
+                    label=label)  # fmt: skip
+    evals_per_run = [evals for _, evals in metrics]
+    _baseline_lines(ax_acc, evals_per_run, BASELINE_STYLES)
     ax_loss.set(xlabel="step", ylabel="training loss", title="training loss (faint: raw, bold: smoothed)")
-    ax_acc.set(xlabel="step", ylabel="eval accuracy", title="evaluation accuracy")
-    ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # one legend, outside the curves
-    for ax in (ax_loss, ax_acc):
+    ax_acc.set(xlabel="step", ylabel="eval accuracy", title="evaluation accuracy" + (" per query" if per_sequence else ""))
+    if per_sequence:
+        _baseline_lines(axes[2], evals_per_run, SEQUENCE_BASELINE_STYLES)
+        axes[2].set(xlabel="step", ylabel="eval sequence accuracy", title="sequences with every query right")
+        axes[2].legend(fontsize=7, loc="upper left")
+    ax_acc.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1) if not per_sequence else None)
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
