@@ -28,10 +28,12 @@ def test_outputs_losses_and_gradients_match_transformers(name, conv_window, hf_a
     inputs, labels = make_inputs(name)
     out_ref = ref(**inputs, **labels, output_hidden_states=True)
     out = ours(**inputs, **labels, output_hidden_states=True)
+    assert list(out.keys()) == list(out_ref.keys())
     for key in out_ref.keys():
         got, want = out[key], out_ref[key]
-        pairs = zip(got, want) if isinstance(want, tuple) else [(got, want)]
+        pairs = zip(got, want, strict=True) if isinstance(want, tuple) else [(got, want)]
         for g, w in pairs:
+            assert g.shape == w.shape, key
             assert (g - w).abs().max() <= 1e-5, key
     target = out_ref.loss if out_ref.get("loss") is not None else first_tensor(out_ref).pow(2).mean()
     mine = out.loss if out.get("loss") is not None else first_tensor(out).pow(2).mean()

@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from ..ops.hashing import padded_dim
+
 ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
 TASKS = ("listops", "text", "mlm", "mqar")
 MQAR_FILLERS = ("zero", "random")
 POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 YOSO_BACKWARDS = ("lsh", "expectation")
+HASHES = ("auto", "fast", "gaussian")
 
 
 def _arg(default, help: str, **extra):
@@ -71,6 +74,9 @@ class TrainArgs:
     num_hash: int = _arg(16, "YOSO sampling: hash functions per attention call (error ~ 1/sqrt)")
     hash_code_len: int = _arg(6, "YOSO: bits per hash code tau (2**tau buckets; YOSO-E's exponent)")
     conv_window: int | None = _arg(None, "odd kernel size of YOSO's depthwise convolution over values (default: none)")
+    hash: str = _arg("auto", "YOSO sampling: hash functions: fast (Hadamard; orthogonal bits, a sharper kernel than "
+                     "YOSO-E's), gaussian (unbiased estimate of YOSO-E) or auto (fast when head dim >= tau)",
+                     choices=HASHES)  # fmt: skip
     yoso_backward: str = _arg("lsh", "YOSO sampling: gradients from the forward's sampled collisions (lsh, linear) "
                               "or from YOSO-E's expectation (expectation, quadratic; a diagnostic)",
                               choices=YOSO_BACKWARDS)  # fmt: skip
@@ -102,7 +108,7 @@ class TrainArgs:
     def validate(self) -> None:
         for name, choices in (("task", TASKS), ("attention", ATTENTION_KINDS), ("pooling", POOLINGS),
                               ("lr_schedule", LR_SCHEDULES), ("yoso_backward", YOSO_BACKWARDS),
-                              ("mqar_filler", MQAR_FILLERS)):  # fmt: skip
+                              ("mqar_filler", MQAR_FILLERS), ("hash", HASHES)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of {choices}")
         if self.task in ("text", "mlm") and not self.train_file:
@@ -113,6 +119,9 @@ class TrainArgs:
         if self.max_args < 2 or self.max_depth < 1 or not 0.0 <= self.leaf_prob <= 1.0:
             raise ValueError(f"ListOps: need --max-args >= 2, --max-depth >= 1 and 0 <= --leaf-prob <= 1; got "
                              f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
+        if self.hash == "fast" and padded_dim(self.hidden_size // self.num_heads) < self.hash_code_len:
+            raise ValueError(f"--hash fast needs the head dim ({self.hidden_size // self.num_heads}, padded to a power of "
+                             f"two) >= --hash-code-len {self.hash_code_len}; use --hash gaussian")  # fmt: skip
         if self.task == "mqar":
             from .data import mqar_spec
 

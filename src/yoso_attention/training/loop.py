@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..heap import release_free_heap
 from ..hub import local_dir
+from ..ops.hashing import padded_dim
 from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
 from .args import TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
@@ -60,7 +61,7 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
             hidden_dropout_prob=args.dropout, use_expectation=args.attention == "yoso-e", num_hash=args.num_hash,
             hash_code_len=args.hash_code_len, conv_window=args.conv_window, classifier_pooling=args.pooling,
             lsh_backward=args.yoso_backward == "lsh",
-            use_fast_hash=args.hidden_size // args.num_heads >= args.hash_code_len, **labels,
+            use_fast_hash=use_fast_hash(args), **labels,
         )  # fmt: skip
         model = cls(config)
         model.config.attention_kind = args.attention
@@ -72,6 +73,13 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
     if getattr(model.config, "attention_kind", None) == "softmax":
         use_softmax_attention(model)
     return model
+
+
+def use_fast_hash(args: TrainArgs) -> bool:
+    """--hash: fast or gaussian; auto is fast where the head dim (padded to a power of two) holds tau bits."""
+    if args.hash == "auto":
+        return padded_dim(args.hidden_size // args.num_heads) >= args.hash_code_len
+    return args.hash == "fast"
 
 
 def set_attention_for_step(model, args: TrainArgs, step: int) -> None:

@@ -30,6 +30,29 @@ from .inputs import check_model_inputs
 from .layers_yoso import YosoEmbeddings, YosoEncoder
 
 
+def ignore_padding(labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Token labels with padded positions set to the loss's ignore index: padding equals truncation."""
+    if attention_mask is None:
+        return labels
+    return labels.masked_fill(attention_mask.reshape(labels.shape) == 0, CrossEntropyLoss().ignore_index)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions, attention_mask) -> torch.Tensor:
+    """transformers' QA loss (positions clamped to [0, n], position n ignored), with padding treated as the end
+    of each sequence: padded logits take no part in the softmax, positions on padding are ignored."""
+    n = start_logits.size(1)
+    losses = []
+    for logits, positions in ((start_logits, start_positions), (end_logits, end_positions)):
+        positions = positions.reshape(-1).clamp(0, n)
+        if attention_mask is not None:
+            real = attention_mask.bool()  # (batch, n)
+            logits = logits.masked_fill(~real, torch.finfo(logits.dtype).min)
+            on_padding = ~real.gather(1, positions.clamp(max=n - 1)[:, None])[:, 0]
+            positions = positions.masked_fill(on_padding, n)
+        losses.append(CrossEntropyLoss(ignore_index=n)(logits, positions))
+    return (losses[0] + losses[1]) / 2
+
+
 class YosoPreTrainedModel(PreTrainedModel):
     config_class = YosoConfig
     config: YosoConfig
@@ -177,12 +200,13 @@ class YosoForMaskedLM(YosoPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
                 return_dict=None, **kwargs) -> tuple | MaskedLMOutput:  # fmt: skip
-        """labels (batch, n): token ids to predict, -100 where ignored."""
+        """labels (batch, n): token ids to predict; -100 and padded positions are ignored."""
         base = self._base_forward(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                   output_attentions, output_hidden_states)  # fmt: skip
         logits = self.cls(base.last_hidden_state)  # (batch, n, vocab)
         loss = None
         if labels is not None:
+            labels = ignore_padding(labels, attention_mask)
             loss = CrossEntropyLoss()(logits.view(-1, self.config.vocab_size), labels.view(-1))
         return self._pack(return_dict, MaskedLMOutput, loss, base, logits=logits)
 
@@ -305,10 +329,8 @@ class YosoForTokenClassification(YosoPreTrainedModel):
         logits = self.classifier(self.dropout(base.last_hidden_state))  # (batch, n, num_labels)
         loss = None
         if labels is not None:
-            labels = labels.view(-1)
-            if attention_mask is not None:
-                labels = labels.masked_fill(attention_mask.reshape(-1) == 0, CrossEntropyLoss().ignore_index)
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels)
+            labels = ignore_padding(labels, attention_mask)
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.view(-1))
         return self._pack(return_dict, TokenClassifierOutput, loss, base, logits=logits)
 
 
@@ -324,17 +346,14 @@ class YosoForQuestionAnswering(YosoPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None, **kwargs) -> tuple | QuestionAnsweringModelOutput:  # fmt: skip
-        """start_positions / end_positions (batch,): clamped to [0, n]; position n is ignored in the loss."""
+        """start_positions / end_positions (batch,): clamped to [0, n]; position n, and positions on padding, are
+        ignored in the loss, whose softmax leaves padded positions out (padding equals truncation)."""
         base = self._base_forward(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                   output_attentions, output_hidden_states)  # fmt: skip
         start_logits, end_logits = self.qa_outputs(base.last_hidden_state).unbind(-1)  # (batch, n) each
         loss = None
         if start_positions is not None and end_positions is not None:
-            n = start_logits.size(1)
-            loss_fct = CrossEntropyLoss(ignore_index=n)
-            start = start_positions.reshape(-1).clamp(0, n)
-            end = end_positions.reshape(-1).clamp(0, n)
-            loss = (loss_fct(start_logits, start) + loss_fct(end_logits, end)) / 2
+            loss = span_loss(start_logits, end_logits, start_positions, end_positions, attention_mask)
         return self._pack(return_dict, QuestionAnsweringModelOutput, loss, base,
                           start_logits=start_logits.contiguous(), end_logits=end_logits.contiguous())  # fmt: skip
 

@@ -1,0 +1,98 @@
+"""Plant known bugs, one at a time, in a copy of the package and check that the tests meant to catch each fail.
+
+Not part of the suite (it runs the suite's tests many times). Usage, from the repository root:
+
+    .venv/bin/python benchmarks/plant_bugs.py            # every bug
+    .venv/bin/python benchmarks/plant_bugs.py padding    # the bugs whose name contains "padding"
+
+Each bug is a (file, text, replacement) edit of src/yoso_attention and the pytest selection that must fail on
+it. The copy is imported through PYTHONPATH, ahead of the installed package. Exit status 1 if a bug survives.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUGS = [
+    ("padding: token classification keeps labels on padding",
+     "models/yoso/modeling_yoso.py", "    if attention_mask is None:\n        return labels\n",
+     "    return labels\n", "tests/models/test_padding.py"),
+    ("padding: multiple choice drops the attention mask",
+     "models/yoso/modeling_yoso.py", "flat(attention_mask), flat(token_type_ids)", "None, flat(token_type_ids)",
+     "tests/models/test_padding.py"),
+    ("padding: the last row's mask for every row",
+     "models/yoso/layers_yoso.py", "head_mask = None if mask is None else mask[:, None, :]",
+     "head_mask = None if mask is None else mask[-1:, None, :].expand(mask.shape[0], 1, -1)",
+     "tests/models/test_padding.py"),
+    ("torchrun: no DistributedDataParallel (no gradient sync)",
+     "training/loop.py", "torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model", "model",
+     "tests/cli/test_torchrun.py"),
+    ("torchrun: every rank reads the same shard",
+     "training/data.py", "return self.collate(batch[rank::world]", "return self.collate(batch[0::world]",
+     "tests/cli/test_torchrun.py"),
+    ("sampling: output scaled by 1.03",
+     "ops/lsh.py", "return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)",
+     "return (1.03 * out).reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)", "tests/ops/test_unbiased.py"),
+    ("sampling: scale bias in the bucket tables",
+     "ops/cumulation.py", "kernels.lsh_cumulation(*arrays, n_buckets, out.numpy())\n    return out",
+     "kernels.lsh_cumulation(*arrays, n_buckets, out.numpy())\n    return out * 0.97", "tests/ops/test_unbiased.py"),
+    ("hashing: bits of a code in reverse order",
+     "ops/hashing.py", "torch.arange(tau, device=proj.device, dtype=torch.int32))",
+     "torch.arange(tau - 1, -1, -1, device=proj.device, dtype=torch.int32))", "tests/ops/test_unbiased.py"),
+    ("output_attentions: maps transposed",
+     "models/yoso/layers_yoso.py", "        context = normalize_rows(",
+     "        weights = None if weights is None else weights.transpose(-1, -2)\n        context = normalize_rows(",
+     "tests/models/test_attentions.py"),
+    ("parity: the last hidden state dropped",
+     "models/yoso/layers_yoso.py", "            if output_hidden_states:\n                all_hidden += (hidden_states,)",
+     "            if output_hidden_states and layer is not self.layer[-1]:\n                all_hidden += (hidden_states,)",
+     "tests/models/test_parity.py"),
+    ("checkpoint: no fallback to .old",
+     "training/checkpoint.py", 'for candidate in (path, path.with_name(f"{path.name}.old")):',
+     "for candidate in (path,):", "tests/cli/test_kill.py"),
+    ("checkpoint: stale temporary directories kept",
+     "training/checkpoint.py", "        shutil.rmtree(stale, ignore_errors=True)\n", "        pass\n",
+     "tests/cli/test_kill.py"),
+    ("sampled backward: dq and dk zeroed",
+     "ops/lsh.py", "            dqn, dkn = dqn.mul_(scale), dkn.mul_(scale)",
+     "            dqn, dkn = dqn.mul_(0.0), dkn.mul_(0.0)", "tests/models/test_behaviour.py -k sampling_mode_trains"),
+]  # fmt: skip
+
+
+def plant(copy: Path, path: str, old: str, new: str) -> None:
+    target = copy / "yoso_attention" / path
+    text = target.read_text()
+    if text.count(old) != 1:
+        raise SystemExit(f"{path}: the text to replace occurs {text.count(old)} times, expected once: {old!r}")
+    target.write_text(text.replace(old, new))
+
+
+def main(selection: str = "") -> int:
+    survived = []
+    for name, path, old, new, tests in BUGS:
+        if selection not in name:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp)
+            shutil.copytree(ROOT / "src" / "yoso_attention", copy / "yoso_attention",
+                            ignore=shutil.ignore_patterns("*.pyc"))  # numba caches its kernels there
+            plant(copy, path, old, new)
+            env = {**os.environ, "PYTHONPATH": f"{copy}{os.pathsep}{ROOT}"}
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                   *tests.split()], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+        caught = proc.returncode == 1
+        last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-200:]
+        print(f"{'caught  ' if caught else 'SURVIVED'} {name}: {last}", flush=True)
+        if not caught:
+            survived.append(name)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
