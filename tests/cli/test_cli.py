@@ -91,15 +91,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, task):
         assert (final[key] == reference[key]).all(), key
 
 
-@pytest.mark.parametrize("task", ["listops", "mlm"])
-def test_torchrun_two_processes_on_cpu(tmp_path, task):
-    from tests.cli.test_mlm import corpus
-
-    run_dir = tmp_path / "ddp"
-    mlm = ["--task", "mlm", "--train-file", str(corpus(tmp_path / "c.txt")), "--max-length", "48"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "yoso_attention.cli", *train_args(run_dir, tmp_path / "cache", steps=6,
-                                                   extra=mlm if task == "mlm" else [])]  # fmt: skip
+def torchrun(tmp_path, run_dir, args, nproc=2):
+    """``yoso`` under torchrun with nproc CPU processes (gloo); fails the test with the workers' stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "yoso_attention.cli", *args]  # fmt: skip
     # Output to files, not pipes: the workers inherit them, and a pipe left unread would block them.
     with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
         env = {**ENV, "PYTHONFAULTHANDLER": "1"}
@@ -114,10 +109,41 @@ def test_torchrun_two_processes_on_cpu(tmp_path, task):
             subprocess.run(["pkill", "-9", "-f", str(run_dir)])  # the workers run in sessions of their own
             raise AssertionError("torchrun timed out:\n" + (tmp_path / "err.txt").read_text()[-8000:]) from None
     assert returncode == 0, (tmp_path / "err.txt").read_text()[-4000:]
+    return (tmp_path / "out.txt").read_text()
+
+
+def test_torchrun_mlm_two_processes_on_cpu(tmp_path):
+    from tests.cli.test_mlm import corpus
+
+    run_dir = tmp_path / "ddp"
+    mlm = ["--task", "mlm", "--train-file", str(corpus(tmp_path / "c.txt")), "--max-length", "48"]
+    out = torchrun(tmp_path, run_dir, train_args(run_dir, tmp_path / "cache", steps=6, extra=mlm))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 6
     assert len([r for r in curves(run_dir) if r["split"] == "train"]) == 6  # rank 0 only writes
-    assert (tmp_path / "out.txt").read_text().count('"world_size": 2') == 1  # one summary, from rank 0
+    assert out.count('"world_size": 2') == 1  # one summary, from rank 0
+
+
+def test_torchrun_equals_one_process_on_the_same_global_batch_and_resumes(tmp_path):
+    # Deterministic settings (YOSO-E, no dropout) so that only the split of each batch over processes differs;
+    # a constant lr so that a run stopped at step 3 and resumed to 6 is the 6-step run.
+    cache, common = tmp_path / "cache", ["--attention", "yoso-e", "--dropout", "0", "--lr-schedule", "constant"]
+    single = tmp_path / "single"
+    yoso(*train_args(single, cache, steps=6, extra=[*common, "--batch-size", "8"]), cwd=tmp_path)
+    ddp = tmp_path / "ddp"
+    half = [*common, "--batch-size", "4"]  # per process: the same 8 sequences a step
+    torchrun(tmp_path, ddp, train_args(ddp, cache, steps=3, extra=half))
+    torchrun(tmp_path, ddp, train_args(ddp, cache, steps=6, extra=[*half, "--resume"]))
+    want = curves(single)
+    got = [r for r in curves(ddp) if r["split"] == "train" or r["step"] != 3]  # the 3-step run's last evaluation
+    assert [(r["step"], r["split"]) for r in got] == [(r["step"], r["split"]) for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert abs(g["loss"] - w["loss"]) < 1e-5 and g.get("accuracy") == w.get("accuracy"), (g, w)
+    ours, theirs = load_file(ddp / "last" / "model.safetensors"), load_file(single / "last" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert torch.allclose(ours[name], theirs[name], atol=1e-5, rtol=1e-4), name
+    assert json.loads((ddp / "summary.json").read_text())["world_size"] == 2
 
 
 def test_bench_writes_table_json_and_plot(tmp_path):

@@ -91,7 +91,8 @@ class TrainArgs:
     # optimisation
     trim_memory_every: int = _arg(10, "return freed heap memory to the OS every this many steps (glibc's "
                                   "malloc_trim; 0: never): a lower peak RSS for a few %% of tokens/s")  # fmt: skip
-    batch_size: int = _arg(32, "sequences per optimizer step (over all processes under torchrun)")
+    batch_size: int = _arg(32, "sequences per optimizer step and process (under torchrun the step's batch is this "
+                           "times the number of processes)")  # fmt: skip
     lr: float = _arg(2e-3, "peak learning rate of AdamW")
     weight_decay: float = _arg(0.01, "AdamW weight decay")
     warmup_steps: int = _arg(100, "steps of linear learning-rate warm-up from 0")

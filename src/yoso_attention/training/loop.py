@@ -149,6 +149,15 @@ def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> dic
     return metrics
 
 
+def global_mean(value: torch.Tensor, world: int) -> torch.Tensor:
+    """The mean of a per-process scalar over the processes: the training loss of the whole batch under torchrun
+    (each process's loss is the mean over its equal share of the batch)."""
+    if world > 1:
+        dist.all_reduce(value)
+        value = value / world
+    return value
+
+
 def score(metrics: dict[str, float], task: str) -> float:
     """What "best" means: eval accuracy for classifiers, lowest eval loss for masked LMs."""
     return -metrics["loss"] if task == "mlm" else metrics["accuracy"]
@@ -242,6 +251,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
             set_attention_for_step(model, args, step)
             tokens += int(mask.sum()) * world
             rate = tokens / (time.perf_counter() - start)
+            loss = global_mean(loss.detach(), world)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
             if log:
