@@ -66,31 +66,6 @@ def test_train_writes_metrics_plot_checkpoints_and_predicts(attention, tmp_path)
     assert len(lines) == 2 and len(lines[0]["predictions"]) == 3
 
 
-@pytest.mark.parametrize("task", ["listops", "mlm"])
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, task):
-    from tests.cli.test_mlm import corpus
-
-    cache = tmp_path / "cache"
-    mlm = ["--task", "mlm", "--train-file", str(corpus(tmp_path / "c.txt")), "--max-length", "48"]
-    extra = mlm if task == "mlm" else []
-    yoso(*train_args(tmp_path / "full", cache, steps=16, extra=extra), cwd=tmp_path)
-    run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "yoso_attention.cli", *train_args(run_dir, cache, steps=16, extra=extra)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run_dir / "last" / "trainer_state.pt").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    yoso(*train_args(run_dir, cache, steps=16, extra=[*extra, "--resume"]), cwd=tmp_path)
-    assert curves(run_dir) == curves(tmp_path / "full")
-    final = load_file(run_dir / "last" / "model.safetensors")
-    reference = load_file(tmp_path / "full" / "last" / "model.safetensors")
-    assert final.keys() == reference.keys()
-    for key in final:
-        assert (final[key] == reference[key]).all(), key
-
-
 def torchrun(tmp_path, run_dir, args, nproc=2):
     """``yoso`` under torchrun with nproc CPU processes (gloo); fails the test with the workers' stderr."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
