@@ -1,6 +1,7 @@
 """``yoso train --task mlm``: packing, masking, metrics, resume and bad input; ``yoso predict`` fills <mask>."""
 
 import json
+import math
 import random
 
 import pytest
@@ -60,7 +61,8 @@ def test_train_mlm_writes_metrics_and_predict_fills_masks(tmp_path):
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["task"] == "mlm" and summary["steps"] == 6
-    assert summary["test_perplexity"] > 1 and 0 <= summary["test_accuracy"] <= 1 and summary["test_loss"] > 0
+    assert summary["test_perplexity"] == pytest.approx(math.exp(summary["test_loss"]))
+    assert summary["test_accuracy"] > 0.05  # 6 steps learn the most frequent bytes (space, e, a ...)
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [e["step"] for e in evals] == [3, 6] and all("perplexity" in e for e in evals)
     out = yoso("predict", str(run / "last"), cwd=tmp_path, input="the cat <mask>at on a mat\n")

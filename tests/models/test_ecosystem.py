@@ -64,4 +64,5 @@ def test_pipelines_return_sensible_structures(tokenizer):
     out = qa(**enc)
     start, end = int(out.start_logits.argmax()), int(out.end_logits.argmax())
     assert out.start_logits.shape == enc["input_ids"].shape == out.end_logits.shape
-    assert isinstance(tokenizer.decode(enc["input_ids"][0, start : end + 1]), str)
+    span = tokenizer.decode(enc["input_ids"][0, start : end + 1], skip_special_tokens=True).strip()
+    assert span in "what is the capital of france paris is the capital of france"  # "" when end < start

@@ -18,10 +18,16 @@ def model():
     ({"input_ids": torch.full((1, 4), 99)}, r"input_ids has values in \[99, 99\], expected \[0, 99\)"),
     ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 5)},
      r"attention_mask has shape \(2, 5\), expected \(2, 4\)"),
-    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.full((2, 4), 2)}, "only 0"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.full((2, 4), 2)},
+     r"attention_mask must hold only 0 \(padding\) and 1"),
     ({"input_ids": torch.ones(2, 4, dtype=torch.long), "token_type_ids": torch.zeros(2, 3, dtype=torch.long)},
      r"token_type_ids has shape \(2, 3\), expected \(2, 4\)"),
-    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "token_type_ids": torch.full((2, 4), 5)}, "token_type_ids has values"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "token_type_ids": torch.full((2, 4), 5)},
+     r"token_type_ids has values in \[5, 5\], expected \[0, 2\)"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "position_ids": torch.full((2, 4), 66)},
+     r"position_ids has values in \[66, 66\], expected \[0, 66\)"),
+    ({"input_ids": torch.ones(2, 4, dtype=torch.long), "position_ids": torch.full((2, 4), -1)},
+     r"position_ids has values in \[-1, -1\], expected \[0, 66\)"),
     ({"inputs_embeds": torch.zeros(2, 4, 31)}, r"inputs_embeds must have shape \(batch, n, 32\)"),
 ])  # fmt: skip
 def test_bad_inputs_get_clear_errors(model, kwargs, match):
@@ -36,18 +42,31 @@ def test_multiple_choice_checks_rank():
 
 
 @pytest.mark.parametrize("overrides,match", [
-    ({"hidden_size": 30}, "multiple of num_attention_heads"),
-    ({"hash_code_len": 0}, "hash_code_len"),
-    ({"hash_code_len": 21}, "hash_code_len"),
-    ({"num_hash": 0}, "num_hash"),
-    ({"conv_window": 4}, "conv_window must be a positive odd integer"),
-    ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
-    ({"add_cross_attention": True}, "encoder-only"),
+    ({"hidden_size": 30}, r"hidden_size \(30\) must be a multiple of num_attention_heads \(4\)"),
+    ({"hash_code_len": 0}, r"hash_code_len must be in \[1, 20\], got 0"),
+    ({"hash_code_len": 21}, r"hash_code_len must be in \[1, 20\], got 21"),
+    ({"num_hash": 0}, "num_hash must be >= 1, got 0"),
+    ({"conv_window": 4}, "conv_window must be a positive odd integer or None, got 4"),
+    ({"hidden_dropout_prob": 1.5}, r"hidden_dropout_prob must be in \[0, 1\], got 1.5"),
+    ({"add_cross_attention": True}, "add_cross_attention=True is not supported: YOSO is an encoder-only model"),
     ({"chunk_size_feed_forward": -1}, "chunk_size_feed_forward must be >= 0"),
+    ({"classifier_pooling": "max"}, r"classifier_pooling must be one of \('cls', 'mean'\), got 'max'"),
 ])  # fmt: skip
-def test_invalid_config_values_are_rejected(overrides, match):
-    with pytest.raises(Exception, match=match):
-        tiny_config(**overrides)
+def test_invalid_config_values_are_rejected_when_a_model_is_built(overrides, match):
+    config = tiny_config(**overrides)  # accepted, as transformers accepts it
+    for cls in (yoso_attention.YosoModel, yoso_attention.YosoForSequenceClassification):
+        with pytest.raises(ValueError, match=match):
+            cls(config)
+
+
+def test_a_config_that_transformers_saves_loads_here(tmp_path):
+    import transformers
+
+    transformers.YosoConfig(hidden_size=32).save_pretrained(tmp_path)  # its 12 heads do not divide 32
+    config = yoso_attention.YosoConfig.from_pretrained(tmp_path)
+    assert (config.hidden_size, config.num_attention_heads) == (32, 12)
+    with pytest.raises(ValueError, match=r"hidden_size \(32\) must be a multiple of num_attention_heads \(12\)"):
+        yoso_attention.YosoModel(config)
 
 
 def test_config_defaults_are_those_of_the_public_checkpoint():

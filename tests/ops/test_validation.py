@@ -18,13 +18,13 @@ def qkv(*shape):
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: (torch.randn(2, 5, 8), torch.randn(3, 5, 8), torch.randn(3, 5, 8)), "leading dims"),
-        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 7), torch.randn(2, 5, 8)), "head dim"),
-        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 6, 8)), "length"),
-        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8).double(), torch.randn(2, 5, 8)), "dtype"),
-        (lambda: (torch.ones(2, 5, 8, dtype=torch.long),) * 3, "floating"),
-        (lambda: (torch.randn(8),) * 3, "at least 2 dims"),
-        (lambda: (torch.randn(2, 0, 8),) * 3, "n >= 1"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(3, 5, 8), torch.randn(3, 5, 8)), "k has leading dims \\(3,\\) but q has \\(2,\\)"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 7), torch.randn(2, 5, 8)), "k has head dim 7 but q has 8"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 6, 8)), "v has length 6 but k has 5"),
+        (lambda: (torch.randn(2, 5, 8), torch.randn(2, 5, 8).double(), torch.randn(2, 5, 8)), "k has dtype torch.float64 but q has torch.float32"),
+        (lambda: (torch.ones(2, 5, 8, dtype=torch.long),) * 3, "q must be a floating tensor"),
+        (lambda: (torch.randn(8),) * 3, r"q must have shape \(..., n, d\) with at least 2 dims"),
+        (lambda: (torch.randn(2, 0, 8),) * 3, r"q must have n >= 1 and d >= 1, got shape \(2, 0, 8\)"),
     ],
     ids=["batch", "headdim", "vlen", "dtype", "int", "rank", "empty"],
 )

@@ -83,9 +83,10 @@ class YosoConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
     classifier_pooling: str = "cls"
 
-    def validate_architecture(self):
-        """Part of `@strict` validation: sizes, hashing and convolution parameters."""
-        super().validate_architecture()
+    def check_model_values(self):
+        """Sizes, hashing, convolution and head parameters that a model needs. Called when a model is built, as
+        transformers checks them: a config that transformers builds and saves (e.g. a small hidden size with the
+        default 12 heads, as its common tests do) loads here too, and fails only if a model is built from it."""
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "max_position_embeddings", "type_vocab_size", "num_hash"):  # fmt: skip
             if getattr(self, name) < 1:

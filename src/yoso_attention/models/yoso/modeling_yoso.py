@@ -106,6 +106,7 @@ class YosoModel(YosoPreTrainedModel):
     """The bare YOSO encoder, returning hidden states."""
 
     def __init__(self, config: YosoConfig):
+        config.check_model_values()
         super().__init__(config)
         self.embeddings = YosoEmbeddings(config)
         self.encoder = YosoEncoder(config)
