@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
-# Property tests draw the same examples on every run (a failure reproduces) and keep no example database, which
-# would otherwise be written into the working directory (.hypothesis/).
+# Property tests draw the same examples on every run (a failure reproduces) and keep no example database; what
+# Hypothesis still caches (constants found in the code) goes to a temporary directory, not into the work tree.
 settings.register_profile("yoso", derandomize=True, database=None)
 settings.load_profile("yoso")
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "yoso-attention-hypothesis"))
 
 
 # Relative errors against a float64 reference from the same (rounded) inputs, ~3x the largest measured over the
