@@ -26,3 +26,14 @@ def test_maps_times_values_give_each_layers_output(use_expectation):
         want = F.normalize(att @ v, dim=-1).transpose(1, 2).flatten(2)  # (batch, n, hidden)
         assert rel_err(context, want) < 1e-5
         assert not torch.equal(att, att.transpose(-1, -2))  # a transposed map would not pass the check above
+
+
+@pytest.mark.parametrize("use_expectation", [True, False], ids=["expectation", "sampling"])
+def test_returned_maps_carry_gradients(use_expectation):
+    model = yoso_attention.YosoModel(tiny_config(use_expectation=use_expectation))
+    out = model(torch.randint(3, 99, (2, 10)), output_attentions=True)
+    for att in out.attentions:
+        att.retain_grad()
+    out.last_hidden_state.pow(2).sum().backward()
+    assert all(att.grad is not None and att.grad.abs().sum() > 0 for att in out.attentions)
+    assert model.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0  # through the maps to q

@@ -16,9 +16,16 @@ def gen(seed=0):
 
 @contextmanager
 def kept_for_backward():
-    """The list of tensors that autograd keeps for backward inside the block."""
+    """The list of distinct tensors that autograd keeps for backward inside the block (a tensor saved twice, as
+    torch.library's autograd wrapper does with the inputs of an operator whose inputs have a grad_fn, counts once)."""
     saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+
+    def pack(t):
+        if not any(t is other for other in saved):
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield saved
 
 

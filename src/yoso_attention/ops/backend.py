@@ -1,27 +1,31 @@
 """Which implementation runs an op: the numba CPU kernels when they can, portable torch otherwise.
 
-Numba ships as wheels (no compiler needed). If it cannot be imported, or ``YOSO_DISABLE_NUMBA=1`` is
-set, every op falls back to its torch implementation, and a one-line notice says so once. CUDA tensors
-always take the torch path.
+Every kernel of the ops is a torch.library custom operator (namespace ``yoso``, defined beside its op with a
+fake implementation, so that torch.compile and torch.export see shapes and dtypes without running it). Each
+operator's implementation calls ``dispatch``, the one place where the device picks the code: CPU tensors run the
+numba kernels, any other device (or CPU inside ``torch_only()``, or with ``YOSO_DISABLE_NUMBA=1``, or without
+numba) the torch path. Numba ships as wheels (no compiler needed); when it cannot be imported, a one-line notice
+says so once.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import torch
 
-_kernels: SimpleNamespace | None = None
+_kernels: ModuleType | None = None
 _load_error: str | None = None
 _warned = False
 _torch_only = False
 
 
-def _load() -> SimpleNamespace | None:
+def _load() -> ModuleType | None:
+    """The numba kernel module, or None (with the reason in _load_error)."""
     global _kernels, _load_error
     if _kernels is None and _load_error is None:
         if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
@@ -30,24 +34,14 @@ def _load() -> SimpleNamespace | None:
             try:
                 from . import kernels_numba
 
-                _kernels = _opaque_to_torch_compile(kernels_numba)
+                _kernels = kernels_numba
             except Exception as exc:  # ImportError, or numba failing on an unsupported platform
                 _load_error = f"{type(exc).__name__}: {exc}"
     return _kernels
 
 
-def _opaque_to_torch_compile(module: ModuleType) -> SimpleNamespace:
-    """The module's numba kernels, each hidden from torch.compile (a graph break around the call). Without
-    it, a kernel's first call inside a compiled model, which runs numba's compiler in Python, gets traced:
-    dynamo resumes inside numba's lowering after a graph break there, and the compilation fails."""
-    reason = "numba kernel: runs outside the graph"
-    return SimpleNamespace(**{name: torch.compiler.disable(f, reason=reason) for name, f in vars(module).items()
-                              if hasattr(f, "py_func") and not name.startswith("_")})  # the public dispatchers
-
-
-def numba_kernels(*tensors: torch.Tensor) -> SimpleNamespace | None:
-    """The numba kernels (as ``_opaque_to_torch_compile`` hands them) if all tensors are on the CPU and numba
-    is usable, else None."""
+def numba_kernels(*tensors: torch.Tensor) -> ModuleType | None:
+    """The numba kernel module if all tensors are on the CPU, numba is usable and not switched off, else None."""
     global _warned
     if _torch_only or any(t.device.type != "cpu" for t in tensors):
         return None
@@ -58,9 +52,17 @@ def numba_kernels(*tensors: torch.Tensor) -> SimpleNamespace | None:
     return kernels
 
 
+def dispatch(numba_impl: Callable, torch_impl: Callable, *args):
+    """``numba_impl(kernels, *args)`` where the numba kernels apply to the tensors among args, else
+    ``torch_impl(*args)``. Called by every custom operator's implementation: the device dispatch of the ops."""
+    kernels = numba_kernels(*(a for a in args if isinstance(a, torch.Tensor)))
+    return torch_impl(*args) if kernels is None else numba_impl(kernels, *args)
+
+
 @contextmanager
 def torch_only() -> Iterator[None]:
-    """Run the ops on their portable torch path inside this block (to compare the two paths)."""
+    """Run the ops on their portable torch path inside this block, on any device (to compare the two paths, or to
+    measure the torch path on CPU). Read when an operator runs, so it also applies inside compiled code."""
     global _torch_only
     previous, _torch_only = _torch_only, True
     try:

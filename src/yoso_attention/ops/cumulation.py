@@ -9,9 +9,9 @@ memory stays O(n * d) per chunk.
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
-from .backend import as_numpy, fp32_region, numba_kernels
+from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_codes, check_float, check_hash_params, check_mask
 from .hashing import code_dtype
 from .normalize import flat_rows
@@ -26,7 +26,7 @@ def _hash_chunk(n_b: int, n: int, width: int, m: int) -> int:
 def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
     n_b, m, n_q = q_codes.shape
     n_k, dv = v.shape[1], v.shape[2]
-    v = v * k_mask[..., None]
+    v = v.masked_fill(~k_mask[..., None], 0.0)  # not v * mask: padding may hold anything, NaN included
     out = v.new_zeros(n_b, n_q, dv)
     chunk = _hash_chunk(n_b, max(n_q, n_k), dv, m)
     for h0 in range(0, m, chunk):
@@ -37,18 +37,40 @@ def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Ten
         src = v[:, None].expand(n_b, hc, n_k, dv).reshape(n_b, hc * n_k, dv)
         table = v.new_zeros(n_b, hc * n_buckets, dv).scatter_add_(1, k_idx.expand(-1, -1, dv), src)
         out += table.gather(1, q_idx.expand(-1, -1, dv)).view(n_b, hc, n_q, dv).sum(1)
-    return out * (q_mask[..., None] / m)
+    return out.div_(m).masked_fill_(~q_mask[..., None], 0.0)
 
 
-def cumulate(q_codes, k_codes, v, q_mask, k_mask, n_buckets: int) -> torch.Tensor:
-    """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j; (B, L, dv) float32."""
-    kernels = numba_kernels(v)
-    if kernels is None:
-        return _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
     out = torch.empty(v.shape[0], q_codes.shape[2], v.shape[2], dtype=torch.float32)
     arrays = [as_numpy(t) for t in (q_codes, k_codes, v, q_mask, k_mask)]
     kernels.lsh_cumulation(*arrays, n_buckets, out.numpy())
     return out
+
+
+@torch.library.custom_op("yoso::cumulate", mutates_args=())
+def cumulate(q_codes: Tensor, k_codes: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> Tensor:
+    """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j; (B, L, dv) float32.
+    Codes (B, m, n), v (B, S, dv) float32, masks (B, n) bool, all contiguous. Differentiable in v."""
+    return dispatch(_cumulate_numba, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+
+
+@cumulate.register_fake
+def _(q_codes, k_codes, v, q_mask, k_mask, n_buckets):
+    return v.new_empty(v.shape[0], q_codes.shape[2], v.shape[2])
+
+
+def _cumulate_setup(ctx, inputs, output):
+    q_codes, k_codes, _, q_mask, k_mask, ctx.n_buckets = inputs
+    ctx.save_for_backward(q_codes, k_codes, q_mask, k_mask)
+
+
+def _cumulate_backward(ctx, grad):
+    q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
+    dv = cumulate(k_codes, q_codes, grad.float().contiguous(), k_mask, q_mask, ctx.n_buckets)
+    return None, None, dv, None, None, None
+
+
+cumulate.register_autograd(_cumulate_backward, setup_context=_cumulate_setup)
 
 
 def _weighted_torch(codes_out, codes_in, mask_out, mask_in, a_out, a_in, b_in, n_buckets) -> torch.Tensor:
@@ -75,14 +97,7 @@ def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     return n_keys * d <= 64 * n_buckets
 
 
-def weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
-    """(dq, dk) with dq_i = sum_h sum_{j collides} (dout_i . v_j) kn_j and dk_j = sum_h sum_i (...) qn_i,
-    over unmasked pairs (no 1/m and no tau/2 factor)."""
-    kernels = numba_kernels(v)
-    if kernels is None:
-        dq = _weighted_torch(q_codes, k_codes, q_mask, k_mask, dout, v, kn, n_buckets)
-        dk = _weighted_torch(k_codes, q_codes, k_mask, q_mask, v, dout, qn, n_buckets)
-        return dq, dk
+def _weighted_numba(kernels, q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
     dq, dk = torch.zeros(qn.shape), torch.zeros(kn.shape)  # contiguous whatever qn's layout
     arrays = [as_numpy(t) for t in (q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask)]
     sparse = _sparse_buckets(kn.shape[1], kn.shape[2], n_buckets)
@@ -91,22 +106,24 @@ def weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_bucke
     return dq, dk
 
 
-class _Cumulation(torch.autograd.Function):
-    """Differentiable in v only: codes are integers and masks are constants."""
+def _weighted_torch_pair(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
+    dq = _weighted_torch(q_codes, k_codes, q_mask, k_mask, dout, v, kn, n_buckets)
+    dk = _weighted_torch(k_codes, q_codes, k_mask, q_mask, v, dout, qn, n_buckets)
+    return dq, dk
 
-    @staticmethod
-    def forward(ctx, q_codes, k_codes, v, q_mask, k_mask, n_buckets):
-        ctx.save_for_backward(q_codes, k_codes, q_mask, k_mask)
-        ctx.n_buckets = n_buckets
-        return cumulate(q_codes, k_codes, v, q_mask, k_mask, n_buckets)
 
-    @staticmethod
-    @once_differentiable  # the backward runs kernels outside autograd: no double backward
-    def backward(ctx, grad):
-        q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
-        with fp32_region(grad):
-            dv = cumulate(k_codes, q_codes, grad.float().contiguous(), k_mask, q_mask, ctx.n_buckets)
-        return None, None, dv, None, None, None
+@torch.library.custom_op("yoso::weighted_backward", mutates_args=())
+def weighted_backward(q_codes: Tensor, k_codes: Tensor, qn: Tensor, kn: Tensor, v: Tensor, dout: Tensor,
+                      q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(dq, dk) with dq_i = sum_h sum_{j collides} (dout_i . v_j) kn_j and dk_j = sum_h sum_i (...) qn_i,
+    over unmasked pairs (no 1/m and no tau/2 factor)."""
+    return dispatch(_weighted_numba, _weighted_torch_pair, q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask,
+                    n_buckets)  # fmt: skip
+
+
+@weighted_backward.register_fake
+def _(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
+    return qn.new_empty(qn.shape), kn.new_empty(kn.shape)
 
 
 def flat_mask(mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:
@@ -158,5 +175,5 @@ def lsh_cumulation(
     qc = q_codes.reshape(-1, n_q, m).transpose(1, 2).to(small).contiguous()  # (B, m, L)
     kc = k_codes.reshape(-1, n_k, m).transpose(1, 2).to(small).contiguous()  # (B, m, S)
     with fp32_region(v):
-        out = _Cumulation.apply(qc, kc, flat_rows(v), q_mask, k_mask, 2**hash_code_len)
+        out = cumulate(qc, kc, flat_rows(v), q_mask, k_mask, 2**hash_code_len)
     return out.reshape(*lead, n_q, v.shape[-1]).to(v.dtype)

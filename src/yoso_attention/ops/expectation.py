@@ -10,13 +10,15 @@ numba pass per block, in cache, between two BLAS matmuls.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
-from .backend import as_numpy, fp32_region, numba_kernels
+from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
+from .nonfinite import poison_gradients, poison_output
 from .normalize import flat_rows, unit_rows, unit_rows_backward
 
 _BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
@@ -31,18 +33,16 @@ def _prob_torch(cos: torch.Tensor, tau: int) -> torch.Tensor:
     return (1 - torch.acos(cos.clamp(-1.0, 1.0)) / math.pi) ** tau
 
 
-def collision_prob_(cos: torch.Tensor, k_mask: torch.Tensor, tau: int) -> torch.Tensor:
+def collision_prob_(kernels, cos: torch.Tensor, k_mask: torch.Tensor, tau: int) -> torch.Tensor:
     """In place where possible: cos (B, L, S) -> k_mask_j * (1 - arccos(cos) / pi) ** tau."""
-    kernels = numba_kernels(cos)
     if kernels is None:
         return _prob_torch(cos, tau) * k_mask[:, None, :]
     kernels.collision_prob_(cos.numpy(), as_numpy(k_mask.float()), tau)
     return cos
 
 
-def prob_and_weight_(cos, dov, k_mask, tau: int, exact: bool):
+def prob_and_weight_(kernels, cos, dov, k_mask, tau: int, exact: bool):
     """cos -> P (masked collision probability); dov = dO V^T -> the weight W of the q/k gradients."""
-    kernels = numba_kernels(cos)
     if kernels is not None:
         kernels.collision_prob_and_weight_(
             cos.numpy(), dov.numpy(), as_numpy(k_mask.float()), tau, exact, EXACT_GRAD_EPS
@@ -58,22 +58,23 @@ def prob_and_weight_(cos, dov, k_mask, tau: int, exact: bool):
     return prob, dov * (tau / 2) * prob
 
 
-def expectation_forward(qn, kn, v, q_mask, k_mask, tau: int) -> torch.Tensor:
-    """qn (B, L, d), kn (B, S, d) unit rows, v (B, S, dv) float32 -> (B, L, dv) float32."""
+def _forward_blocks(kernels, q, k, v, q_mask, k_mask, tau: int) -> torch.Tensor:
+    """q (B, L, d), k (B, S, d) raw rows (normalised here), v (B, S, dv) float32 -> (B, L, dv) float32."""
+    qn, kn = unit_rows(q)[0], unit_rows(k)[0]
     n_b, n_q, n_k = qn.shape[0], qn.shape[1], kn.shape[1]
     out = v.new_empty(n_b, n_q, v.shape[2])
     k_t = kn.transpose(1, 2)  # (B, d, S)
     rows = _block_rows(n_b, n_q, n_k)
     for i0 in range(0, n_q, rows):
         cos = torch.bmm(qn[:, i0 : i0 + rows], k_t)  # (B, rows, S)
-        out[:, i0 : i0 + rows] = torch.bmm(collision_prob_(cos, k_mask, tau), v)
-    return out * q_mask[..., None]
+        out[:, i0 : i0 + rows] = torch.bmm(collision_prob_(kernels, cos, k_mask, tau), v)
+    return out.masked_fill_(~q_mask[..., None], 0.0)
 
 
-def expectation_backward(qn, kn, v, dout, q_mask, k_mask, tau: int, exact: bool):
-    """Gradients (w.r.t. qn, kn, v) of the blocked forward for output gradient dout (B, L, dv)."""
+def expectation_backward_unit(kernels, qn, kn, v, dout, q_mask, k_mask, tau: int, exact: bool):
+    """Gradients w.r.t. the unit rows qn, kn and v of the blocked forward, for output gradient dout (B, L, dv)."""
     n_b, n_q, n_k = qn.shape[0], qn.shape[1], kn.shape[1]
-    dout = dout * q_mask[..., None]
+    dout = dout.masked_fill(~q_mask[..., None], 0.0)
     dq = torch.empty_like(qn)
     dk = torch.zeros_like(kn)
     dv = torch.zeros_like(v)
@@ -81,31 +82,58 @@ def expectation_backward(qn, kn, v, dout, q_mask, k_mask, tau: int, exact: bool)
     rows = _block_rows(n_b, n_q, n_k)
     for i0 in range(0, n_q, rows):
         q_blk, do_blk = qn[:, i0 : i0 + rows], dout[:, i0 : i0 + rows]
-        prob, weight = prob_and_weight_(torch.bmm(q_blk, k_t), torch.bmm(do_blk, v_t), k_mask, tau, exact)
+        prob, weight = prob_and_weight_(kernels, torch.bmm(q_blk, k_t), torch.bmm(do_blk, v_t), k_mask, tau, exact)
         dq[:, i0 : i0 + rows] = torch.bmm(weight, kn)
         dk.baddbmm_(weight.transpose(1, 2), q_blk)
         dv.baddbmm_(prob.transpose(1, 2), do_blk)
     return dq, dk, dv
 
 
-class _Expectation(torch.autograd.Function):
-    """Differentiable in the raw q, k (normalised inside) and v; saves q, k, v only."""
+def _backward_blocks(kernels, q, k, v, dout, q_mask, k_mask, tau: int, exact: bool):
+    """Gradients w.r.t. the raw q, k and v."""
+    (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
+    dqn, dkn, dv = expectation_backward_unit(kernels, qn, kn, v, dout, q_mask, k_mask, tau, exact)
+    return unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn), dv
 
-    @staticmethod
-    def forward(ctx, q, k, v, q_mask, k_mask, tau, exact_grad):
-        ctx.save_for_backward(q, k, v, q_mask, k_mask)
-        ctx.tau, ctx.exact_grad = tau, exact_grad
-        return expectation_forward(unit_rows(q)[0], unit_rows(k)[0], v, q_mask, k_mask, tau)
 
-    @staticmethod
-    @once_differentiable  # the backward runs kernels outside autograd: no double backward
-    def backward(ctx, grad):
-        q, k, v, q_mask, k_mask = ctx.saved_tensors
-        with fp32_region(grad):
-            (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
-            dqn, dkn, dv = expectation_backward(qn, kn, v, grad.float(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
-            dq, dk = unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn)
-        return dq, dk, dv, None, None, None, None
+@torch.library.custom_op("yoso::expectation", mutates_args=())
+def expectation(q: Tensor, k: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, tau: int, exact_grad: bool
+                ) -> Tensor:  # fmt: skip
+    """YOSO-E of (B, L, d) q, (B, S, d) k (raw rows), (B, S, dv) v float32 and (B, n) bool masks: (B, L, dv)."""
+    return dispatch(_forward_blocks, partial(_forward_blocks, None), q, k, v, q_mask, k_mask, tau)
+
+
+@expectation.register_fake
+def _(q, k, v, q_mask, k_mask, tau, exact_grad):
+    return v.new_empty(q.shape[0], q.shape[1], v.shape[2])
+
+
+@torch.library.custom_op("yoso::expectation_backward", mutates_args=())
+def expectation_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_mask: Tensor, k_mask: Tensor, tau: int,
+                         exact: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv) of ``expectation`` (raw q, k) for the output gradient dout (B, L, dv): the surrogate
+    dp/dcos = (tau / 2) p (exact=False) or the exact derivative."""
+    return dispatch(_backward_blocks, partial(_backward_blocks, None), q, k, v, dout, q_mask, k_mask, tau, exact)
+
+
+@expectation_backward.register_fake
+def _(q, k, v, dout, q_mask, k_mask, tau, exact):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _expectation_setup(ctx, inputs, output):
+    q, k, v, q_mask, k_mask, ctx.tau, ctx.exact_grad = inputs
+    ctx.save_for_backward(q, k, v, q_mask, k_mask)
+
+
+def _expectation_backward(ctx, grad):
+    q, k, v, q_mask, k_mask = ctx.saved_tensors
+    dq, dk, dv = expectation_backward(q, k, v, grad.float().contiguous(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
+    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
+    return dq, dk, dv, None, None, None, None
+
+
+expectation.register_autograd(_expectation_backward, setup_context=_expectation_setup)
 
 
 def prepare(q, k, v, mask):
@@ -118,8 +146,11 @@ def prepare(q, k, v, mask):
         raise ValueError(f"mask needs q and k of one length (self-attention); got L={n_q} and S={n_k}")
     mask = check_mask("mask", mask, q_shape, q.device)
     q_mask = flat_mask(mask, q_shape, q.device)
-    k_mask = q_mask if mask is not None else flat_mask(None, k.shape[:-1], q.device)
-    return flat_rows(q), flat_rows(k), flat_rows(v), q_mask, k_mask
+    if mask is None:
+        return flat_rows(q), flat_rows(k), flat_rows(v), q_mask, flat_mask(None, k.shape[:-1], q.device)
+    # Padding may hold anything (NaN included): zero it, so that a padded batch equals the truncated one.
+    rows = [flat_rows(t).masked_fill(~q_mask[..., None], 0.0) for t in (q, k, v)]
+    return *rows, q_mask, q_mask
 
 
 def yoso_expectation(
@@ -148,10 +179,14 @@ def yoso_expectation(
             the reference's surrogate dp/dcos ~ (tau / 2) * p.
 
     Returns:
-        (..., L, dv) in v's dtype; computed in fp32. O(L * S * d) time, O(block * S) extra memory.
+        (..., L, dv) in v's dtype; computed in fp32. O(L * S * d) time, O(block * S) extra memory. Non-finite
+        input propagates as with softmax attention: NaN in the rows of queries that hold NaN or Inf and, if an
+        unmasked key or value does, in every unmasked row (gradients: NaN for the whole (batch, head) row).
+        Masked positions are ignored whatever they hold.
     """
     check_hash_params(None, hash_code_len)
     with fp32_region(q):
         q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
-        out = _Expectation.apply(q32, k32, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
+        out = expectation(q32, k32, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
+        out = poison_output(out, q32, k32, v32, q_mask, k_mask)
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

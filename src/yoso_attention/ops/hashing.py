@@ -16,8 +16,9 @@ always gives the same codes, whichever entry point (``hash_codes`` or ``yoso_lsh
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from .backend import as_numpy, fp32_region, numba_kernels
+from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_float, check_hash_params
 from .normalize import flat_rows
 
@@ -84,22 +85,30 @@ def draw_hash_functions(
     return torch.randn((n_b, d, num_hash * tau), generator=generator, device=device)
 
 
-def hash_rows(x: torch.Tensor, randomness: torch.Tensor, num_hash: int, tau: int, fast: bool) -> torch.Tensor:
+def _hash_numba(kernels, x, randomness, num_hash, tau, fast) -> torch.Tensor:
+    codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
+    if fast:
+        kernels.fast_hash_codes(as_numpy(x), as_numpy(randomness), num_hash, tau, codes.numpy())
+    else:
+        kernels.sign_codes(torch.bmm(x, randomness).numpy(), num_hash, tau, codes.numpy())
+    return codes
+
+
+def _hash_torch(x, randomness, num_hash, tau, fast) -> torch.Tensor:
+    proj_matrix = _fast_projection_matrix(randomness, x.shape[-1], tau) if fast else randomness
+    return _codes_from_projections(torch.bmm(x, proj_matrix), num_hash, tau)  # (B, n, >= num_hash * tau) projected
+
+
+@torch.library.custom_op("yoso::hash_rows", mutates_args=())
+def hash_rows(x: Tensor, randomness: Tensor, num_hash: int, tau: int, fast: bool) -> Tensor:
     """x (B, n, d) contiguous float32 and a ``draw_hash_functions`` draw -> codes (B, num_hash, n) of
     code_dtype(tau); deterministic, so rehashing the same rows gives the same codes."""
-    x = x.detach()
-    kernels = numba_kernels(x)
-    if kernels is not None and fast:
-        codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
-        kernels.fast_hash_codes(as_numpy(x), as_numpy(randomness), num_hash, tau, codes.numpy())
-        return codes
-    proj_matrix = _fast_projection_matrix(randomness, x.shape[-1], tau) if fast else randomness
-    proj = torch.bmm(x, proj_matrix)  # (B, n, >= num_hash * tau)
-    if kernels is None:
-        return _codes_from_projections(proj, num_hash, tau)
-    codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
-    kernels.sign_codes(proj.numpy(), num_hash, tau, codes.numpy())
-    return codes
+    return dispatch(_hash_numba, _hash_torch, x.detach(), randomness, num_hash, tau, fast)
+
+
+@hash_rows.register_fake
+def _(x, randomness, num_hash, tau, fast):
+    return x.new_empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
 
 
 def hash_flat(

@@ -13,58 +13,84 @@ again without any n x n matrix; lsh_backward=False uses the dense YOSO-E gradien
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 from .backend import fp32_region
 from .checks import check_hash_params
 from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
-from .hashing import draw_hash_functions, hash_pair
+from .hashing import code_dtype, draw_hash_functions, hash_pair
+from .nonfinite import poison_gradients, poison_output
 from .normalize import unit_rows, unit_rows_backward
 
 
-class _LSHCumulation(torch.autograd.Function):
-    """Differentiable in the raw q, k (normalised inside) and v. Saves q, k, v, the masks and, for the sampled
-    backward, the codes in their smallest integer type or (recompute_codes) the hash functions' draw, from which
-    the backward rehashes them. The unit rows are recomputed, not kept."""
+@torch.library.custom_op("yoso::lsh", mutates_args=())
+def lsh(q: Tensor, k: Tensor, v: Tensor, hash_draw: Tensor, q_mask: Tensor, k_mask: Tensor, num_hash: int,
+        tau: int, fast: bool, lsh_backward: bool, recompute_codes: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Sampled YOSO of (B, L, d) q, (B, S, d) k (raw rows), (B, S, dv) v float32 under the hash functions of
+    ``hash_draw``: (out (B, L, dv), q_codes (B, m, L), k_codes (B, m, S)). Differentiable in q, k and v; the
+    last two arguments only choose what the backward does and keeps."""
+    q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)
+    return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau), q_codes, k_codes
 
-    @staticmethod
-    def forward(ctx, q, k, v, hash_draw, q_mask, k_mask, hashing, lsh_backward, recompute_codes):
-        q_codes, k_codes = hash_pair(q, k, hash_draw, *hashing)
-        # The draw, (B, parts, 3, d_pad) or (B, d, m tau), does not grow with n; short sequences with the Gaussian
-        # hash have fewer code bytes than it, and then keep the codes.
-        recompute_codes = recompute_codes and hash_draw.nbytes < q_codes.nbytes + k_codes.nbytes
-        if not lsh_backward:
-            codes_source = ()  # the dense backward uses no codes
-        elif recompute_codes:
-            codes_source = (hash_draw,)
-        else:
-            codes_source = (q_codes, k_codes)
-        ctx.save_for_backward(q, k, v, q_mask, k_mask, *codes_source)
-        ctx.hashing, ctx.lsh_backward, ctx.recompute_codes = hashing, lsh_backward, recompute_codes
-        return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2 ** hashing[1])
 
-    @staticmethod
-    @once_differentiable  # the backward runs kernels outside autograd: no double backward
-    def backward(ctx, grad):
-        with fp32_region(grad):
-            return _LSHCumulation._backward(ctx, grad.float().contiguous())
+@lsh.register_fake
+def _(q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast, lsh_backward, recompute_codes):
+    dtype = code_dtype(tau)
+    return (v.new_empty(q.shape[0], q.shape[1], v.shape[2]), q.new_empty((q.shape[0], num_hash, q.shape[1]), dtype=dtype),
+            k.new_empty((k.shape[0], num_hash, k.shape[1]), dtype=dtype))  # fmt: skip
 
-    @staticmethod
-    def _backward(ctx, grad):
-        q, k, v, q_mask, k_mask, *codes_source = ctx.saved_tensors
-        num_hash, tau, _ = ctx.hashing
-        (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
-        if ctx.lsh_backward:
-            q_codes, k_codes = hash_pair(q, k, *codes_source, *ctx.hashing) if ctx.recompute_codes else codes_source
-            dv = cumulate(k_codes, q_codes, grad, k_mask, q_mask, 2**tau)
-            dqn, dkn = weighted_backward(q_codes, k_codes, qn, kn, v, grad, q_mask, k_mask, 2**tau)
-            scale = tau / (2 * num_hash)
-            dqn, dkn = dqn.mul_(scale), dkn.mul_(scale)
-        else:
-            dqn, dkn, dv = expectation_backward(qn, kn, v, grad, q_mask, k_mask, tau, exact=False)
-        dq, dk = unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn)
-        return dq, dk, dv, None, None, None, None, None, None
+
+def _sampled_backward_impl(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau):
+    (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
+    dv = cumulate(k_codes, q_codes, dout, k_mask, q_mask, 2**tau)
+    dqn, dkn = weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, 2**tau)
+    scale = tau / (2 * num_hash)
+    dq, dk = unit_rows_backward(qn, q_norm, dqn.mul_(scale)), unit_rows_backward(kn, k_norm, dkn.mul_(scale))
+    return dq, dk, dv
+
+
+@torch.library.custom_op("yoso::lsh_backward", mutates_args=())
+def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor, k_codes: Tensor, q_mask: Tensor,
+                 k_mask: Tensor, num_hash: int, tau: int) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv) of ``lsh`` from the forward's codes in linear time: dv is the cumulation with queries and keys
+    swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows."""
+    return _sampled_backward_impl(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau)
+
+
+@lsh_backward.register_fake
+def _(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _lsh_setup(ctx, inputs, output):
+    """Keeps q, k, v, the masks and, for the sampled backward, the codes in their smallest integer type or
+    (recompute_codes) the hash functions' draw, from which the backward rehashes them. The unit rows are
+    recomputed, not kept."""
+    q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast, lsh_bwd, recompute = inputs
+    _, q_codes, k_codes = output
+    # The draw, (B, parts, 3, d_pad) or (B, d, m tau), does not grow with n; short sequences with the Gaussian
+    # hash have fewer code bytes than it, and then keep the codes.
+    recompute = recompute and hash_draw.nbytes < q_codes.nbytes + k_codes.nbytes
+    codes_source = () if not lsh_bwd else (hash_draw,) if recompute else (q_codes, k_codes)
+    ctx.save_for_backward(q, k, v, q_mask, k_mask, *codes_source)
+    ctx.hashing, ctx.lsh_backward, ctx.recompute = (num_hash, tau, fast), lsh_bwd, recompute
+
+
+def _lsh_backward(ctx, grad, *_codes_grads):
+    q, k, v, q_mask, k_mask, *codes_source = ctx.saved_tensors
+    num_hash, tau, _ = ctx.hashing
+    grad = grad.float().contiguous()
+    if not ctx.lsh_backward:
+        dq, dk, dv = expectation_backward(q, k, v, grad, q_mask, k_mask, tau, False)
+    else:
+        codes = hash_pair(q, k, *codes_source, *ctx.hashing) if ctx.recompute else codes_source
+        dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, num_hash, tau)
+    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+lsh.register_autograd(_lsh_backward, setup_context=_lsh_setup)
 
 
 def yoso_lsh(
@@ -95,21 +121,23 @@ def yoso_lsh(
         hash_code_len: tau in [1, 20]; 2**tau buckets per hash.
         fast_hash: Hadamard hash (needs d >= tau after padding d to a power of two) instead of Gaussian.
         lsh_backward: linear-time sampled gradients (True) or the dense YOSO-E gradients (False).
-        generator: source of the hash functions; fresh ones on each call without it. The codes used are
-            exactly those ``hash_codes(q, k, ..., generator=g)`` returns for ``g`` in the same state.
+        generator: source of the hash functions; without it they are drawn from torch's global random state
+            (as torch.randint would; reproducible with torch.manual_seed, and inside torch.compile). The codes
+            used are exactly those ``hash_codes(q, k, ..., generator=g)`` returns for ``g`` in the same state.
         recompute_codes: for the sampled backward, keep the hash functions (no n in their shape) instead of
             the 2 * m * n codes, and rehash q and k in backward: less memory for one more hashing, same results.
             Codes are kept anyway where they take fewer bytes (Gaussian hash, n below ~2 * d * tau).
 
     Returns:
         (..., L, dv) in v's dtype; computed in fp32. O(m * (L + S) * d) time and O(n * d) extra memory,
-        forward and backward (lsh_backward=True).
+        forward and backward (lsh_backward=True). Non-finite input gives NaN where softmax attention would (see
+        ``yoso_expectation``); masked positions are ignored whatever they hold.
     """
     check_hash_params(num_hash, hash_code_len)
     with fp32_region(q):
         q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
         hashing = (num_hash, hash_code_len, fast_hash)
         draw = draw_hash_functions(q32.shape[0], q32.shape[-1], *hashing, q32.device, generator)
-        out = _LSHCumulation.apply(q32, k32, v32, draw, q_mask, k_mask, hashing, bool(lsh_backward),
-                                   bool(recompute_codes))
+        out, _, _ = lsh(q32, k32, v32, draw, q_mask, k_mask, *hashing, bool(lsh_backward), bool(recompute_codes))
+        out = poison_output(out, q32, k32, v32, q_mask, k_mask)
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

@@ -60,13 +60,21 @@ def yoso_expectation_reference(q, k, v, mask=None, *, hash_code_len=9, exact_gra
     return (prob @ v.float()).to(v.dtype)
 
 
-def yoso_lsh_reference(q, k, v, q_codes, k_codes, mask=None, *, hash_code_len=9, lsh_backward=True):
-    """Dense YOSO from given codes, with the reference gradients: sampled (lsh_backward) or YOSO-E."""
+def sampled_collision_weights(q, k, q_codes, k_codes, mask=None, *, hash_code_len: int) -> torch.Tensor:
+    """The (..., L, S) masked collision frequencies of the codes, with the sampled backward's gradient w.r.t. q and
+    k: (weights @ v) has the values and gradients of ``yoso_lsh`` with lsh_backward=True under these codes."""
     cos = _cosines(q, k)
     freq = sampled_collision_matrix(q_codes, k_codes) * _pair_mask(mask, cos)
+    return _with_surrogate_grad(freq, cos, hash_code_len)
+
+
+def yoso_lsh_reference(q, k, v, q_codes, k_codes, mask=None, *, hash_code_len=9, lsh_backward=True):
+    """Dense YOSO from given codes, with the reference gradients: sampled (lsh_backward) or YOSO-E."""
     if lsh_backward:
-        weights = _with_surrogate_grad(freq, cos, hash_code_len)
+        weights = sampled_collision_weights(q, k, q_codes, k_codes, mask, hash_code_len=hash_code_len)
         return (weights @ v.float()).to(v.dtype)
+    cos = _cosines(q, k)
+    freq = sampled_collision_matrix(q_codes, k_codes) * _pair_mask(mask, cos)
     prob = collision_probability(cos, hash_code_len).detach() * _pair_mask(mask, cos)
     # Value: freq @ v. Gradients: those of YOSO-E (w.r.t. q, k through prob, w.r.t. v through prob).
     out_e = _with_surrogate_grad(prob, cos, hash_code_len) @ v.float()

@@ -1,4 +1,7 @@
-"""Validation of the model inputs: each error names the argument, what it got and what it expected."""
+"""Validation of the model inputs: each error names the argument, what it got and what it expected.
+
+Checks of shapes and dtypes run everywhere; checks that read tensor values (id ranges, mask values) run in eager
+mode only, so that torch.compile and torch.export see no data-dependent branch."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ def _check_ids(name: str, ids: torch.Tensor, shape: tuple[int, int], upper: int)
         ok = False
     if not ok:
         raise ValueError(f"{name} has shape {tuple(ids.shape)}, expected {shape}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
+    if not torch.compiler.is_compiling() and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
         raise ValueError(f"{name} has values in [{int(ids.min())}, {int(ids.max())}], expected [0, {upper})")
 
 
@@ -55,7 +58,9 @@ def check_model_inputs(
         return None
     if tuple(attention_mask.shape) != shape:
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {shape}")
+    mask = attention_mask.bool()
+    if torch.compiler.is_compiling():  # no checks or branches on tensor values in a compiled or exported graph
+        return mask
     if attention_mask.dtype != torch.bool and bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
-    mask = attention_mask.bool()
     return None if bool(mask.all()) else mask

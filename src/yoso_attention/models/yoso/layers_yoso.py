@@ -14,7 +14,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ...ops import hash_codes, yoso_expectation, yoso_lsh
 from ...ops.normalize import normalize_rows
-from ...ops.reference import expectation_matrix, sampled_collision_matrix
+from ...ops.reference import expectation_matrix, sampled_collision_weights
 from .configuration_yoso import YosoConfig
 
 FFN_CHUNK_FLOATS = 2**22  # 16 MB of fp32 feed-forward activation per chunk
@@ -81,22 +81,22 @@ class YosoSelfAttention(nn.Module):
         head_mask = None if mask is None else mask[:, None, :]  # (batch, 1, n)
         cfg = self.config
         weights = None
-        if cfg.use_expectation:
+        hash_kw = dict(num_hash=cfg.num_hash, hash_code_len=cfg.hash_code_len, fast_hash=cfg.use_fast_hash)
+        if output_attentions:
+            # The (batch, heads, n, n) map, then the output from it: gradients reach the map (attribution).
+            if cfg.use_expectation:
+                weights = expectation_matrix(q, k, head_mask, hash_code_len=cfg.hash_code_len)
+            else:
+                q_codes, k_codes = hash_codes(q, k, **hash_kw)
+                weights = sampled_collision_weights(q, k, q_codes, k_codes, head_mask, hash_code_len=cfg.hash_code_len)
+            context = (weights @ v.float()).to(v.dtype)
+        elif cfg.use_expectation:
             context = yoso_expectation(q, k, v, head_mask, hash_code_len=cfg.hash_code_len)
-            if output_attentions:
-                weights = expectation_matrix(q, k, head_mask, hash_code_len=cfg.hash_code_len, surrogate_grad=False)
         else:
-            # One seed from the global RNG: torch.manual_seed reproduces a run, and gradient checkpointing
-            # (which restores the RNG state) recomputes with the same hash functions.
-            seed = int(torch.randint(0, 2**62, (1,)))
-            hash_kw = dict(num_hash=cfg.num_hash, hash_code_len=cfg.hash_code_len, fast_hash=cfg.use_fast_hash)
-            generator = torch.Generator(device=q.device).manual_seed(seed)
-            context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward, generator=generator,
-                               recompute_codes=cfg.recompute_hash_codes, **hash_kw)
-            if output_attentions:
-                generator = torch.Generator(device=q.device).manual_seed(seed)
-                q_codes, k_codes = hash_codes(q, k, generator=generator, **hash_kw)
-                weights = sampled_collision_matrix(q_codes, k_codes, head_mask, head_mask)
+            # Hash functions from the global RNG: torch.manual_seed reproduces a run, gradient checkpointing (which
+            # restores the RNG state) recomputes with the same ones, and torch.compile traces the draw.
+            context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward,
+                               recompute_codes=cfg.recompute_hash_codes, **hash_kw)  # fmt: skip
         # F.normalize per head, in the output's (batch, n, heads, head_dim) layout so that the output dense layer
         # keeps the very tensor the normalisation keeps.
         context = normalize_rows(context.transpose(1, 2).contiguous())  # (batch, n, heads, head_dim)

@@ -30,11 +30,14 @@ from .inputs import check_model_inputs
 from .layers_yoso import YosoEmbeddings, YosoEncoder
 
 
+IGNORE_INDEX = -100  # CrossEntropyLoss's default: labels the loss skips
+
+
 def ignore_padding(labels: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """Token labels with padded positions set to the loss's ignore index: padding equals truncation."""
     if attention_mask is None:
         return labels
-    return labels.masked_fill(attention_mask.reshape(labels.shape) == 0, CrossEntropyLoss().ignore_index)
+    return labels.masked_fill(attention_mask.reshape(labels.shape) == 0, IGNORE_INDEX)
 
 
 def span_loss(start_logits, end_logits, start_positions, end_positions, attention_mask) -> torch.Tensor:

@@ -1,0 +1,38 @@
+"""Non-finite input propagates as it does through softmax attention, on every path and in both modes.
+
+Hashing would put a NaN or Inf row into some bucket and the kernels would return plausible numbers; softmax
+attention returns NaN instead. The rule applied here, per (batch x head) row: a query that holds a non-finite
+value gets a NaN output row; an unmasked key or value that does makes every unmasked output row NaN (every
+softmax weight, and so every output, depends on it); in backward, any such input makes all the row's gradients
+NaN. Masked positions are ignored (the ops zero them first: padding equals truncation). Elementwise torch ops
+only, so compiled and exported graphs keep the rule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """(B, n, d) -> (B, n) bool: rows holding NaN or Inf."""
+    return ~torch.isfinite(x).all(-1)
+
+
+def _poisoned_keys(k: torch.Tensor, v: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: some unmasked key or value holds NaN or Inf."""
+    return ((_nonfinite_rows(k) | _nonfinite_rows(v)) & k_mask).any(-1)
+
+
+def poison_output(out, q, k, v, q_mask, k_mask) -> torch.Tensor:
+    """out (B, L, dv) with NaN in the rows that softmax attention would make NaN."""
+    rows = (_nonfinite_rows(q) | _poisoned_keys(k, v, k_mask)[:, None]) & q_mask  # (B, L)
+    return out.masked_fill(rows[..., None], float("nan"))
+
+
+def poison_gradients(grads, q, k, v, q_mask, k_mask):
+    """(dq, dk, dv), NaN on the unmasked positions of every (batch x head) row with a non-finite input."""
+    poisoned = (_nonfinite_rows(q) & q_mask).any(-1) | _poisoned_keys(k, v, k_mask)  # (B,)
+    dq, dk, dv = grads
+    q_rows, k_rows = (poisoned[:, None] & q_mask)[..., None], (poisoned[:, None] & k_mask)[..., None]
+    nan = float("nan")
+    return dq.masked_fill(q_rows, nan), dk.masked_fill(k_rows, nan), dv.masked_fill(k_rows, nan)

@@ -1,0 +1,56 @@
+"""Non-finite input gives NaN where softmax attention gives NaN, on both paths and in both modes, and masked
+positions are ignored whatever they hold. The reference is softmax attention written out (SDPA's math): SDPA's
+fused CPU kernel returns finite rows for a NaN query, which is not what its formula gives."""
+
+import pytest
+import torch
+
+from yoso_attention.ops import yoso_expectation, yoso_lsh
+
+OPS = {
+    "expectation": lambda q, k, v, mask=None: yoso_expectation(q, k, v, mask, hash_code_len=4),
+    "lsh": lambda q, k, v, mask=None: yoso_lsh(q, k, v, mask, num_hash=8, hash_code_len=4,
+                                               generator=torch.Generator().manual_seed(0)),  # fmt: skip
+}
+OP = pytest.mark.parametrize("op", OPS, ids=list(OPS))
+
+
+def qkv():
+    return [torch.randn(2, 3, 10, 8, requires_grad=True) for _ in range(3)]
+
+
+def nan_rows(out):
+    return ~torch.isfinite(out).all(-1)  # (..., n): rows holding NaN (ours) or Inf (softmax of an infinite value)
+
+
+@OP
+@pytest.mark.parametrize("where, value", [("q", float("nan")), ("k", float("nan")), ("v", float("inf")),
+                                          ("q", float("-inf"))])  # fmt: skip
+def test_the_rows_softmax_makes_nonfinite_are_nan(backend, op, where, value):
+    q, k, v = qkv()
+    bad = {"q": q, "k": k, "v": v}
+    with torch.no_grad():
+        bad[where][1, 2, 4, 3] = value  # batch 1, head 2, position 4
+    out = OPS[op](q, k, v)
+    want = nan_rows(torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1) @ v)
+    assert torch.equal(nan_rows(out), want) and want.any()
+    assert torch.isfinite(out[~want]).all()
+    q.retain_grad(), k.retain_grad(), v.retain_grad()
+    out.nan_to_num().sum().backward()  # an upstream gradient that is finite everywhere
+    for grad in (q.grad, k.grad, v.grad):
+        assert torch.isnan(grad[1, 2]).all() and torch.isfinite(grad[0]).all() and torch.isfinite(grad[1, :2]).all()
+
+
+@OP
+def test_whatever_padding_holds_is_ignored(backend, op):
+    q, k, v = qkv()
+    mask = torch.ones(2, 1, 10, dtype=torch.bool)
+    mask[0, :, 7:] = False
+    clean = OPS[op](q, k, v, mask)
+    dirty = [t.detach().clone() for t in (q, k, v)]
+    for t, value in zip(dirty, (float("nan"), float("inf"), float("nan"))):
+        t[0, :, 7:] = value
+    out = OPS[op](*[t.requires_grad_() for t in dirty], mask)
+    assert torch.equal(out, clean) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() and (t.grad[0, :, 7:] == 0).all() for t in dirty)
