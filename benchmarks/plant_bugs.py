@@ -60,8 +60,22 @@ BUGS = [
      "training/checkpoint.py", "        shutil.rmtree(stale, ignore_errors=True)\n", "        pass\n",
      "tests/cli/test_kill.py -k listops"),
     ("sampled backward: dq and dk zeroed",
-     "ops/lsh.py", "            dqn, dkn = dqn.mul_(scale), dkn.mul_(scale)",
-     "            dqn, dkn = dqn.mul_(0.0), dkn.mul_(0.0)", "tests/models/test_behaviour.py -k sampled_query_and_key"),
+     "ops/lsh.py", "    scale = tau / (2 * num_hash)", "    scale = 0.0 * tau",
+     "tests/models/test_behaviour.py -k sampled_query_and_key"),
+    ("non-finite input: hidden in the output",
+     "ops/nonfinite.py", "    return out.masked_fill_(rows[..., None], float(\"nan\"))", "    return out",
+     "tests/ops/test_nonfinite.py"),
+    ("non-finite input: padding multiplied instead of zeroed",
+     "ops/expectation.py", "    rows = [flat_rows(t).masked_fill(~q_mask[..., None], 0.0) for t in (q, k, v)]",
+     "    rows = [flat_rows(t) * q_mask[..., None] for t in (q, k, v)]", "tests/ops/test_nonfinite.py"),
+    ("compile: a graph break in the attention layer",
+     "models/yoso/layers_yoso.py", "        head_mask = None if mask is None else mask[:, None, :]",
+     "        torch._dynamo.graph_break()\n        head_mask = None if mask is None else mask[:, None, :]",
+     "tests/models/test_compile.py -k fullgraph"),
+    ("output_attentions: output not computed from the maps",
+     "models/yoso/layers_yoso.py", "            context = (weights @ v.float()).to(v.dtype)",
+     "            context = yoso_expectation(q, k, v, head_mask, hash_code_len=cfg.hash_code_len)\n"
+     "            weights = weights.detach()", "tests/models/test_attentions.py"),
 ]  # fmt: skip
 
 

@@ -41,7 +41,7 @@ def test_every_train_option_has_a_help_line_with_its_choices():
         if action.option_strings and action.dest != "help":
             assert action.help and action.help != action.dest.replace("_", " "), action.dest
     text = train.format_help()
-    assert "{listops,text,mlm}" in text and "{cosine,linear,constant}" in text and "{lra-listops}" in text
+    assert "{listops,text,mlm,mqar}" in text and "{cosine,linear,constant}" in text and "{lra-listops}" in text
 
 
 def test_unknown_preset_is_an_error():

@@ -18,7 +18,7 @@ from torch import Tensor
 from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
-from .nonfinite import poison_gradients, poison_output
+from .nonfinite import poison_gradients, poison_output_
 from .normalize import flat_rows, unit_rows, unit_rows_backward
 
 _BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
@@ -188,5 +188,5 @@ def yoso_expectation(
     with fp32_region(q):
         q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
         out = expectation(q32, k32, v32, q_mask, k_mask, hash_code_len, bool(exact_grad))
-        out = poison_output(out, q32, k32, v32, q_mask, k_mask)
+        out = poison_output_(out, q32, k32, v32, q_mask, k_mask)
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

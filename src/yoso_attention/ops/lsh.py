@@ -20,7 +20,7 @@ from .checks import check_hash_params
 from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import code_dtype, draw_hash_functions, hash_pair
-from .nonfinite import poison_gradients, poison_output
+from .nonfinite import poison_gradients, poison_output_
 from .normalize import unit_rows, unit_rows_backward
 
 
@@ -139,5 +139,5 @@ def yoso_lsh(
         hashing = (num_hash, hash_code_len, fast_hash)
         draw = draw_hash_functions(q32.shape[0], q32.shape[-1], *hashing, q32.device, generator)
         out, _, _ = lsh(q32, k32, v32, draw, q_mask, k_mask, *hashing, bool(lsh_backward), bool(recompute_codes))
-        out = poison_output(out, q32, k32, v32, q_mask, k_mask)
+        out = poison_output_(out, q32, k32, v32, q_mask, k_mask)
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

@@ -104,7 +104,7 @@ class TrainArgs:
     seed: int = _arg(0, "seed of data order, initialisation and hashing (ListOps data uses it too)")
     resume: bool = _arg(False, "continue the run in --output-dir from its last checkpoint")
     cache_dir: str = _arg(os.path.join(os.path.expanduser("~"), ".cache", "yoso_attention"),
-                          "where generated ListOps splits are cached")  # fmt: skip
+                          "where generated ListOps and MQAR splits are cached")  # fmt: skip
 
     def validate(self) -> None:
         for name, choices in (("task", TASKS), ("attention", ATTENTION_KINDS), ("pooling", POOLINGS),
