@@ -18,7 +18,7 @@ def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
     +Inf and -Inf give NaN): one vectorised read, 0.4 ms for (12, 4096, 64) where isfinite(x).all(-1) took 8.5.
     A row of finite values whose sum overflows (|sum| > 3e38 in fp32) also counts: such rows would overflow
     the attention anyway."""
-    return ~torch.isfinite(x.sum(-1))
+    return ~torch.isfinite(x.detach().sum(-1))
 
 
 def _poisoned_keys(k: torch.Tensor, v: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
