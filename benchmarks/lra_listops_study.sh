@@ -12,24 +12,13 @@
 #       nohup benchmarks/lra_listops_study.sh > runs/lra-study-1200.log 2>&1 &
 set -euo pipefail
 out=${OUT:-runs/lra-study}
-yoso=${YOSO:-yoso}
 runs=${RUNS:-softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2 yoso-e:0 softmax:3 yoso:3 softmax:4 yoso:4}
 read -ra extra <<< "${EXTRA:-}"
 recipe=(--preset lra-listops --max-length 1000 --train-examples 16000 --eval-examples 500 --test-examples 2000
         --num-heads 4 --pooling cls --lr 2e-3 --warmup-steps 100 --max-steps "${STEPS:-600}" --eval-every 100
         --save-every 50 "${extra[@]}")
-mkdir -p "$out"
-for run in $runs; do
-    attention=${run%:*} seed=${run#*:}
-    dir=$out/$attention-seed$seed
-    [[ -f $dir/summary.json ]] && continue
-    resume=()
-    [[ -d $dir/last ]] && resume=(--resume)
-    echo "$(date -u +%H:%M:%S) $attention seed $seed"
-    "$yoso" train "${recipe[@]}" --attention "$attention" --seed "$seed" --output-dir "$dir" "${resume[@]}" \
-        > "$dir.log" 2>&1
-done
-"$yoso" plot "$out"/*-seed*/ --output "$out/curves.png"
+source "$(dirname "$0")/study_runs.sh"
+train_runs "$out" "$runs" "${recipe[@]}"
 python3 - "$out" <<'PY'
 import json, statistics, sys
 from pathlib import Path

@@ -10,25 +10,14 @@
 # stayed at chance for 1200 steps.
 set -euo pipefail
 out=${OUT:-runs/mqar-study}
-yoso=${YOSO:-yoso}
 runs=${RUNS:-softmax:0 yoso:0 yoso-e:0}
 read -ra extra <<< "${EXTRA:-}"
 recipe=(--task mqar --max-length "${LENGTH:-128}" --mqar-pairs "${PAIRS:-8}" --mqar-vocab-size "${VOCAB:-256}"
         --train-examples 40000 --eval-examples 500 --test-examples 500 --hidden-size 64 --num-layers 2 --num-heads 2
         --intermediate-size 128 --dropout 0 --batch-size 32 --conv-window 3 --lr 3e-3 --warmup-steps 100
         --max-steps "${STEPS:-1200}" --eval-every 200 --save-every 200 "${extra[@]}")
-mkdir -p "$out"
-for run in $runs; do
-    attention=${run%:*} seed=${run#*:}
-    dir=$out/$attention-seed$seed
-    [[ -f $dir/summary.json ]] && continue
-    resume=()
-    [[ -d $dir/last ]] && resume=(--resume)
-    echo "$(date -u +%H:%M:%S) $attention seed $seed"
-    "$yoso" train "${recipe[@]}" --attention "$attention" --seed "$seed" --output-dir "$dir" "${resume[@]}" \
-        > "$dir.log" 2>&1
-done
-"$yoso" plot "$out"/*-seed*/ --output "$out/curves.png"
+source "$(dirname "$0")/study_runs.sh"
+train_runs "$out" "$runs" "${recipe[@]}"
 python3 - "$out" <<'PY'
 import json, statistics, sys
 from pathlib import Path

@@ -193,6 +193,9 @@ def test_text_task_from_jsonl_and_csv(tmp_path):
     ("text,label\nhello,0\nworld,x\n", ".csv", "train.csv:3: label 'x' is a class name but other labels are"),
     ("text,label\nhello,0\nworld,1.5\n", ".csv", "train.csv:3: label '1.5' is neither an integer class id"),
     ("words,label\nhello,0\n", ".csv", "has no column 'text'"),
+    ("text,label\n", ".csv", "train.csv: no rows"),
+    ("", ".jsonl", "train.jsonl: no rows"),
+    ("text\tlabel\nhello\t0\n", ".tsv", "must end in .csv or .jsonl, got '.tsv'"),
 ])  # fmt: skip
 def test_malformed_data_reports_the_line(tmp_path, capsys, content, suffix, message):
     data = write(tmp_path / f"train{suffix}", content)

@@ -22,17 +22,6 @@ def test_a_mask_needs_queries_and_keys_of_one_length(op):
     assert op(q, k, v, hash_code_len=5).shape == (1, 5, 8)  # without a mask, cross lengths are fine
 
 
-@pytest.mark.parametrize("content, suffix, message", [
-    ("text,label\n", ".csv", "train.csv: no rows"),
-    ("", ".jsonl", "train.jsonl: no rows"),
-    ("text\tlabel\nhello\t0\n", ".tsv", "must end in .csv or .jsonl, got '.tsv'"),
-])  # fmt: skip
-def test_data_files_without_rows_or_with_another_suffix(tmp_path, capsys, content, suffix, message):
-    data = write(tmp_path / f"train{suffix}", content)
-    assert main(["train", "--task", "text", "--train-file", str(data), "--output-dir", str(tmp_path / "r")]) == 2
-    assert message in capsys.readouterr().err
-
-
 def test_an_unknown_class_name_is_named(tmp_path, capsys):
     data = write(tmp_path / "train.csv", "text,label\ngood,pos\nbad,neg\n")
     held = write(tmp_path / "eval.csv", "text,label\nso so,meh\n")

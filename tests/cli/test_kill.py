@@ -8,7 +8,6 @@ n-th write of ``last/``, after steps beyond the previous checkpoint were logged.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
