@@ -136,7 +136,9 @@ class YosoModel(YosoPreTrainedModel):
         """input_ids (batch, n) or inputs_embeds (batch, n, hidden); attention_mask (batch, n) with 1 for
         real tokens and 0 for padding (outputs on real tokens equal those of the unpadded input).
         ``output_attentions`` returns (batch, heads, n, n) weights per layer: the masked collision
-        probabilities (YOSO-E) or the sampled collision frequencies (sampling); O(n^2), computed only then.
+        probabilities (YOSO-E) or the sampled collision frequencies (sampling); O(n^2), computed only then, and
+        each layer's output is then computed from them, so they carry gradients (in sampling mode those of the
+        sampled backward, whatever ``lsh_backward`` says).
         """
         cfg = self.config
         output_attentions = output_attentions if output_attentions is not None else cfg.output_attentions
