@@ -81,14 +81,8 @@ class YosoSelfAttention(nn.Module):
         head_mask = None if mask is None else mask[:, None, :]  # (batch, 1, n)
         cfg = self.config
         weights = None
-        hash_kw = dict(num_hash=cfg.num_hash, hash_code_len=cfg.hash_code_len, fast_hash=cfg.use_fast_hash)
-        if output_attentions:
-            # The (batch, heads, n, n) map, then the output from it: gradients reach the map (attribution).
-            if cfg.use_expectation:
-                weights = expectation_matrix(q, k, head_mask, hash_code_len=cfg.hash_code_len)
-            else:
-                q_codes, k_codes = hash_codes(q, k, **hash_kw)
-                weights = sampled_collision_weights(q, k, q_codes, k_codes, head_mask, hash_code_len=cfg.hash_code_len)
+        if output_attentions:  # the output from the returned map, so that gradients reach it (attribution)
+            weights = self._attention_maps(q, k, head_mask)  # (batch, heads, n, n)
             context = (weights @ v.float()).to(v.dtype)
         elif cfg.use_expectation:
             context = yoso_expectation(q, k, v, head_mask, hash_code_len=cfg.hash_code_len)
@@ -96,11 +90,24 @@ class YosoSelfAttention(nn.Module):
             # Hash functions from the global RNG: torch.manual_seed reproduces a run, gradient checkpointing (which
             # restores the RNG state) recomputes with the same ones, and torch.compile traces the draw.
             context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward,
-                               recompute_codes=cfg.recompute_hash_codes, **hash_kw)  # fmt: skip
+                               recompute_codes=cfg.recompute_hash_codes, **self._hashing())  # fmt: skip
         # F.normalize per head, in the output's (batch, n, heads, head_dim) layout so that the output dense layer
         # keeps the very tensor the normalisation keeps.
         context = normalize_rows(context.transpose(1, 2).contiguous())  # (batch, n, heads, head_dim)
         return self._merge_heads(context, v, mask), weights
+
+    def _hashing(self) -> dict:
+        cfg = self.config
+        return dict(num_hash=cfg.num_hash, hash_code_len=cfg.hash_code_len, fast_hash=cfg.use_fast_hash)
+
+    def _attention_maps(self, q, k, head_mask):
+        """(batch, heads, n, n) weights whose product with v is the attention's output: masked collision
+        probabilities (YOSO-E) or sampled collision frequencies, with the gradients of the op's backward."""
+        tau = self.config.hash_code_len
+        if self.config.use_expectation:
+            return expectation_matrix(q, k, head_mask, hash_code_len=tau)
+        q_codes, k_codes = hash_codes(q, k, **self._hashing())
+        return sampled_collision_weights(q, k, q_codes, k_codes, head_mask, hash_code_len=tau)
 
     def _merge_heads(self, context, v, mask):
         """context (batch, n, heads, head_dim) plus YOSO-C's convolution over the unmasked values
