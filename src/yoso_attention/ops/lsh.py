@@ -2,8 +2,8 @@
 
 With m hash functions h shared by queries and keys,
     out_i = mask_i * (1/m) * sum_h sum_j mask_j * [h(q_i) = h(k_j)] * v_j,
-an unbiased estimate of YOSO-E computed through one table of 2**tau buckets per hash: O(m n d) time,
-O(n d + 2**tau d) memory. Backward (lsh_backward=True) uses the forward's codes, kept or (recompute_codes=True)
+an estimate of YOSO-E (unbiased with Gaussian hash functions) computed through one table of 2**tau buckets per
+hash: O(m n d) time, O(n d + 2**tau d) memory. Backward (lsh_backward=True) uses the forward's codes, kept or (recompute_codes=True)
 rehashed from the kept q, k and hash functions:
     dV = cumulation with queries and keys swapped,
     dQ_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j,  dK likewise,
@@ -106,7 +106,8 @@ def yoso_lsh(
     generator: torch.Generator | None = None,
     recompute_codes: bool = False,
 ) -> torch.Tensor:
-    """YOSO sampling attention in linear time: an unbiased estimate of ``yoso_expectation``.
+    """YOSO sampling attention in linear time: with Gaussian hash functions (fast_hash=False) an unbiased estimate of
+    ``yoso_expectation``; the fast hash's orthogonal bits collide less often at any angle > 0 (a sharper kernel).
 
     out_i = mask_i * (1/m) * sum_h sum_j mask_j * [h(q_i) == h(k_j)] * v_j over m = num_hash random
     hash_code_len-bit hash functions h shared by queries and keys.
@@ -119,7 +120,8 @@ def yoso_lsh(
             L == S). Masked queries get exact zeros; masked keys are in no bucket.
         num_hash: m >= 1; the estimate's error falls like 1/sqrt(m).
         hash_code_len: tau in [1, 20]; 2**tau buckets per hash.
-        fast_hash: Hadamard hash (needs d >= tau after padding d to a power of two) instead of Gaussian.
+        fast_hash: Hadamard hash (needs d >= tau after padding d to a power of two; O(d log d) a row instead of
+            O(d m tau), but biased: see the README's "Semantics") instead of Gaussian.
         lsh_backward: linear-time sampled gradients (True) or the dense YOSO-E gradients (False).
         generator: source of the hash functions; without it they are drawn from torch's global random state
             (as torch.randint would; reproducible with torch.manual_seed, and inside torch.compile). The codes
