@@ -41,21 +41,17 @@ def _(q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast, lsh_backward, rec
             k.new_empty((k.shape[0], num_hash, k.shape[1]), dtype=dtype))  # fmt: skip
 
 
-def _sampled_backward_impl(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau):
+@torch.library.custom_op("yoso::lsh_backward", mutates_args=())
+def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor, k_codes: Tensor, q_mask: Tensor,
+                 k_mask: Tensor, num_hash: int, tau: int) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv) of ``lsh`` from the forward's codes in linear time: dv is the cumulation with queries and keys
+    swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows."""
     (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
     dv = cumulate(k_codes, q_codes, dout, k_mask, q_mask, 2**tau)
     dqn, dkn = weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, 2**tau)
     scale = tau / (2 * num_hash)
     dq, dk = unit_rows_backward(qn, q_norm, dqn.mul_(scale)), unit_rows_backward(kn, k_norm, dkn.mul_(scale))
     return dq, dk, dv
-
-
-@torch.library.custom_op("yoso::lsh_backward", mutates_args=())
-def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor, k_codes: Tensor, q_mask: Tensor,
-                 k_mask: Tensor, num_hash: int, tau: int) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv) of ``lsh`` from the forward's codes in linear time: dv is the cumulation with queries and keys
-    swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows."""
-    return _sampled_backward_impl(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau)
 
 
 @lsh_backward.register_fake
