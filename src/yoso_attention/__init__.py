@@ -12,7 +12,7 @@ from .models.yoso import (
 )
 from .ops import hash_codes, lsh_cumulation, yoso_expectation, yoso_lsh
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "YosoConfig",

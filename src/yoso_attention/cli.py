@@ -16,15 +16,19 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier (default: ListOps) or a masked language model",
                        description="Train a YOSO (or softmax baseline) classifier or masked language model; every "
                        "run is resumable.")  # fmt: skip
-    for name, default, help_text, choices, kind, nargs in train_fields():
+    groups = {}
+    for group, name, default, help_text, choices, kind, nargs in train_fields():
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        p_group = groups[group]
         flag = "--" + name.replace("_", "-")
         shown = "" if default is None else f" (default: {default})"
         if kind in ("bool", bool):  # defaults are left out (SUPPRESS) so that a preset can tell what was given
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            p_group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
             continue
         parse = {"int": int, "float": float}.get(str(kind).split(" ")[0], str)
-        p.add_argument(flag, type=parse, choices=choices, nargs=nargs, default=argparse.SUPPRESS,
-                       help=help_text + shown)  # fmt: skip
+        p_group.add_argument(flag, type=parse, choices=choices, nargs=nargs, default=argparse.SUPPRESS,
+                             help=help_text + shown)  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -86,7 +90,10 @@ def _add_extend(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="yoso", description="YOSO attention: train, benchmark, predict.")
+    parser.add_argument("--version", action="version", version=f"yoso-attention {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_bench(sub)

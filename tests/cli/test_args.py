@@ -99,3 +99,27 @@ def test_trim_memory_every_is_a_non_negative_step_count():
     assert parse("--trim-memory-every", "0").trim_memory_every == 0
     with pytest.raises(ValueError, match=r"--trim-memory-every must be >= 0 \(0: never\), got -1"):
         resolve_args({"trim_memory_every": -1}).validate()
+
+
+def test_train_help_groups_every_option_once():
+    from dataclasses import fields
+
+    from yoso_attention.training.args import OPTION_GROUPS
+
+    grouped = [name for names in OPTION_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(f.name for f in fields(TrainArgs))  # each field in exactly one group
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    titles = {g.title: [a.dest for a in g._group_actions] for g in train._action_groups}
+    for group, names in OPTION_GROUPS.items():
+        assert titles[group] == list(names)
+    help_text = train.format_help()
+    assert all(f"\n{group}:\n" in help_text for group in OPTION_GROUPS)
+
+
+def test_version_flag_prints_the_package_version(capsys):
+    import yoso_attention
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"yoso-attention {yoso_attention.__version__}"

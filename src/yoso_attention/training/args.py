@@ -158,6 +158,21 @@ PRESETS: dict[str, dict] = {
 }  # fmt: skip
 
 
+# `yoso train --help` shows the options in these groups, in this order (every field in exactly one).
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "task and data": ("task", "preset", "max_length", "train_examples", "eval_examples", "test_examples",
+                      "min_length", "max_depth", "max_args", "leaf_prob", "mqar_pairs", "mqar_vocab_size",
+                      "mqar_power_a", "mqar_filler", "train_file", "eval_file", "test_file", "text_column",
+                      "label_column", "tokenizer", "num_classes", "label_names", "cache_dir"),
+    "model": ("init_from", "hidden_size", "num_layers", "num_heads", "intermediate_size", "conv_window", "pooling",
+              "dropout"),
+    "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
+                  "expectation_warmup_steps"),
+    "optimisation": ("batch_size", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_steps", "seed"),
+    "run control": ("output_dir", "resume", "eval_every", "save_every", "trim_memory_every"),
+}  # fmt: skip
+
+
 def resolve_args(explicit: dict) -> TrainArgs:
     """TrainArgs from the defaults, then the preset named in ``explicit`` (if any), then ``explicit``."""
     preset = explicit.get("preset")
@@ -171,8 +186,11 @@ def resolve_args(explicit: dict) -> TrainArgs:
 
 
 def train_fields():
-    """(name, default, help, choices, type, nargs) of every TrainArgs field, for the command line."""
-    for f in fields(TrainArgs):
-        choices = tuple(PRESETS) if f.name == "preset" else f.metadata.get("choices")
-        yield f.name, f.default, f.metadata["help"], choices, f.type, f.metadata.get("nargs")
+    """(group, name, default, help, choices, type, nargs) of every TrainArgs field, group by group."""
+    by_name = {f.name: f for f in fields(TrainArgs)}
+    for group, names in OPTION_GROUPS.items():
+        for name in names:
+            f = by_name[name]
+            choices = tuple(PRESETS) if name == "preset" else f.metadata.get("choices")
+            yield group, name, f.default, f.metadata["help"], choices, f.type, f.metadata.get("nargs")
 

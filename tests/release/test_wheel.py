@@ -1,0 +1,49 @@
+"""The release: `python -m build` makes an sdist and a wheel of one version; the wheel installs into a fresh venv
+(torch first, as the README's set-up does) and its `yoso` command reports the version, runs `yoso info` and a
+tiny training run. Slow (a venv and two installs from pip's cache), still run in CI."""
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+import torch
+
+import yoso_attention
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(cmd, **kw):
+    result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=900, **kw)
+    assert result.returncode == 0, f"{cmd}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
+    version = yoso_attention.__version__
+    run([sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ROOT])
+    wheels = sorted((tmp_path / "dist").glob("*.whl"))
+    assert [w.name for w in wheels] == [f"yoso_attention-{version}-py3-none-any.whl"]
+    assert (tmp_path / "dist" / f"yoso_attention-{version}.tar.gz").is_file()
+
+    venv.create(tmp_path / "venv", with_pip=True)
+    bin_dir = tmp_path / "venv" / "bin"
+    torch_pin = "torch==" + torch.__version__.split("+")[0]  # the CPU build this suite runs on, from pip's cache
+    run([bin_dir / "pip", "install", "-q", torch_pin])
+    run([bin_dir / "pip", "install", "-q", wheels[0]])
+
+    env = {**os.environ, "HOME": str(tmp_path / "home")}  # the data cache and numba's go to the temp dir
+    assert run([bin_dir / "yoso", "--version"], env=env).strip() == f"yoso-attention {version}"
+    assert "numba" in run([bin_dir / "yoso", "info"], env=env)
+    out = tmp_path / "run"
+    run([bin_dir / "yoso", "train", "--task", "mqar", "--max-length", "32", "--mqar-pairs", "4", "--mqar-vocab-size",
+         "64", "--train-examples", "64", "--eval-examples", "16", "--test-examples", "16", "--hidden-size", "16",
+         "--num-layers", "1", "--num-heads", "2", "--batch-size", "8", "--max-steps", "3", "--eval-every", "3",
+         "--output-dir", out], env=env, cwd=tmp_path)  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and 0.0 <= summary["test_accuracy"] <= 1.0
