@@ -62,3 +62,17 @@ def test_plot_needs_one_label_per_run(tmp_path, capsys):
         write(tmp_path / name / "metrics.jsonl", json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
     assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "only-one"]) == 2
     assert "--labels has 1 labels for 2 runs; expected one per run" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_named(tmp_path, capsys):
+    assert main(["train", "--device", "cuda", "--max-steps", "1", "--output-dir", str(tmp_path / "r")]) == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_device_auto_trains_on_the_cpu_here(tmp_path):
+    from yoso_attention.training.distributed import training_device
+
+    assert training_device("cpu") == torch.device("cpu")
+    assert training_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu", 0 if
+                                                   torch.cuda.is_available() else None)  # fmt: skip

@@ -15,6 +15,7 @@ POOLINGS = ("cls", "mean")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 YOSO_BACKWARDS = ("lsh", "expectation")
 HASHES = ("auto", "fast", "gaussian")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _arg(default, help: str, **extra):
@@ -102,6 +103,8 @@ class TrainArgs:
     eval_every: int = _arg(200, "evaluate (and keep the best checkpoint) every this many steps")
     save_every: int = _arg(200, "write the resumable checkpoint last/ every this many steps")
     seed: int = _arg(0, "seed of data order, initialisation and hashing (ListOps data uses it too)")
+    device: str = _arg("auto", "where to train: cpu, cuda (under torchrun each process takes GPU LOCAL_RANK, nccl) "
+                       "or auto (cuda when torch sees one)", choices=DEVICES)  # fmt: skip
     resume: bool = _arg(False, "continue the run in --output-dir from its last checkpoint")
     cache_dir: str = _arg(os.path.join(os.path.expanduser("~"), ".cache", "yoso_attention"),
                           "where generated ListOps and MQAR splits are cached")  # fmt: skip
@@ -109,7 +112,7 @@ class TrainArgs:
     def validate(self) -> None:
         for name, choices in (("task", TASKS), ("attention", ATTENTION_KINDS), ("pooling", POOLINGS),
                               ("lr_schedule", LR_SCHEDULES), ("yoso_backward", YOSO_BACKWARDS),
-                              ("mqar_filler", MQAR_FILLERS), ("hash", HASHES)):  # fmt: skip
+                              ("mqar_filler", MQAR_FILLERS), ("hash", HASHES), ("device", DEVICES)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: expected one of {choices}")
         if self.task in ("text", "mlm") and not self.train_file:
@@ -169,7 +172,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
                   "expectation_warmup_steps"),
     "optimisation": ("batch_size", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_steps", "seed"),
-    "run control": ("output_dir", "resume", "eval_every", "save_every", "trim_memory_every"),
+    "run control": ("output_dir", "device", "resume", "eval_every", "save_every", "trim_memory_every"),
 }  # fmt: skip
 
 

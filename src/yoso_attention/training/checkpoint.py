@@ -29,6 +29,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, extra: d
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        **({"cuda_rng": torch.cuda.get_rng_state()} if torch.cuda.is_initialized() else {}),
         "python_rng": random.getstate(),
         **extra,
     }
@@ -59,5 +60,7 @@ def load_state(path: Path) -> dict:
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():  # sampling on CUDA draws its hash functions there
+        torch.cuda.set_rng_state(state["cuda_rng"])
     version, internal, gauss = state["python_rng"]
     random.setstate((version, tuple(internal), gauss))

@@ -1,4 +1,5 @@
-"""Joining and leaving the torchrun process group (gloo on CPU, nccl on CUDA)."""
+"""The device a training process uses, and joining and leaving the torchrun process group (gloo on CPU, nccl on
+CUDA)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,20 @@ import torch
 import torch.distributed as dist
 
 
+def training_device(requested: str) -> torch.device:
+    """``requested`` "cuda" (this process's GPU under torchrun: LOCAL_RANK), "cpu", or "auto": cuda when torch sees
+    a CUDA device."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 @contextmanager
-def process_group():
+def process_group(device: torch.device):
     """Yield ``(rank, world_size)``: ``(0, 1)`` outside torchrun; under it, join the group and leave it on exit.
 
     Run the DistributedDataParallel wrapper in a function called inside this block, so that it is freed
@@ -26,7 +39,7 @@ def process_group():
         return
     joined_here = not dist.is_initialized()
     if joined_here:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield dist.get_rank(), world
     except BaseException as exc:

@@ -1,6 +1,6 @@
 """Training and evaluation of YosoForSequenceClassification on ListOps or local text files.
 
-One process or several under torchrun (DistributedDataParallel, gloo on CPU, nccl on CUDA; each rank
+One process or several under torchrun (DistributedDataParallel, gloo on CPU, nccl on CUDA: ``--device``; each rank
 takes its own shard of every batch; metrics and checkpoints come from rank 0). The data order is a
 function of (seed, step), so a run resumed from its last checkpoint (model, optimizer, scheduler, RNG
 states, step) continues exactly as the uninterrupted run would.
@@ -29,7 +29,7 @@ from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassifica
 from .args import TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from .data import MlmSplit, Split, load_splits
-from .distributed import process_group
+from .distributed import process_group, training_device
 from .plot import MISSING_MATPLOTLIB, have_matplotlib, plot_runs
 from .softmax import use_softmax_attention
 
@@ -134,11 +134,15 @@ def evaluate(model, split: Split, batch_size: int, rank: int, world: int) -> dic
     masked tokens of a masked LM or the queries of MQAR (labels -100 elsewhere); a masked LM also gets its
     perplexity, MQAR the fraction of sequences with every query right (sequence_accuracy)."""
     model.eval()
+    device = next(model.parameters()).device
     sums = torch.zeros(5, dtype=torch.float64)
     for input_ids, mask, labels in split.batches(batch_size, rank, world):
+        input_ids, mask, labels = (t.to(device) for t in (input_ids, mask, labels))
         sums += batch_sums(model(input_ids=input_ids, attention_mask=mask).logits, labels)
     if world > 1:
+        sums = sums.to(device)
         dist.all_reduce(sums)
+        sums = sums.cpu()
     model.train()
     count = max(1.0, float(sums[2]))
     metrics = {"accuracy": float(sums[0]) / count, "loss": float(sums[1]) / count}
@@ -190,11 +194,12 @@ class MetricsLog:
 def train(args: TrainArgs) -> dict:
     """Run a training job; returns the final summary (also written to summary.json)."""
     args.validate()
-    with process_group() as (rank, world):
-        return _train_in_group(args, rank, world)
+    device = training_device(args.device)
+    with process_group(device) as (rank, world):
+        return _train_in_group(args, rank, world, device)
 
 
-def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
+def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device) -> dict:
     out_dir = Path(args.output_dir)
     last_dir, best_dir = out_dir / "last", out_dir / "best"
     state = None
@@ -207,7 +212,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
     splits, vocab_size, pad_id, num_classes = load_splits(args)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
-    model = build_model(args, vocab_size, pad_id, num_classes)
+    model = build_model(args, vocab_size, pad_id, num_classes).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args))
     step, best = 0, -math.inf
@@ -216,7 +221,9 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         step, best = state["step"], state.get("best_score", state.get("best_accuracy"))
         restore_rng(state)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     log = None
     if rank == 0:
         if not have_matplotlib():
@@ -238,7 +245,8 @@ def _train_in_group(args: TrainArgs, rank: int, world: int) -> dict:
     bar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, desc=f"train {args.attention}", unit="step")
     try:
         while step < args.max_steps:
-            input_ids, mask, labels = train_split.batch_at(step, args.batch_size, args.seed, rank, world)
+            batch = train_split.batch_at(step, args.batch_size, args.seed, rank, world)
+            input_ids, mask, labels = (t.to(device) for t in batch)
             loss = ddp_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -57,6 +57,9 @@ def span_loss(start_logits, end_logits, start_positions, end_positions, attentio
 
 
 class YosoPreTrainedModel(PreTrainedModel):
+    """Base of the YOSO classes: the config class, weight initialisation (transformers' scheme) and
+    ``from_pretrained`` / ``save_pretrained`` in transformers' format."""
+
     config_class = YosoConfig
     config: YosoConfig
     base_model_prefix = "yoso"
@@ -185,6 +188,9 @@ class YosoOnlyMLMHead(nn.Module):
 
 
 class YosoForMaskedLM(YosoPreTrainedModel):
+    """YosoModel with the masked-LM head (decoder tied to the word embeddings). ``labels`` (batch, n) give the
+    cross-entropy over positions whose label is not -100 and whose attention mask is 1."""
+
     _tied_weights_keys = {
         "cls.predictions.decoder.bias": "cls.predictions.bias",
         "cls.predictions.decoder.weight": "yoso.embeddings.word_embeddings.weight",
@@ -264,6 +270,9 @@ def sequence_classification_loss(config, logits, labels):
 
 
 class YosoForSequenceClassification(YosoPreTrainedModel):
+    """YosoModel with a classification head over the first token (``classifier_pooling="cls"``) or the mean of
+    the real tokens (``"mean"``). ``labels`` give MSE, cross-entropy or BCE, chosen as transformers does."""
+
     def __init__(self, config: YosoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -283,6 +292,9 @@ class YosoForSequenceClassification(YosoPreTrainedModel):
 
 
 class YosoForMultipleChoice(YosoPreTrainedModel):
+    """Scores choices: inputs (batch, num_choices, n), one logit per choice from the first token; ``labels``
+    (batch,) give the cross-entropy over the choices."""
+
     def __init__(self, config: YosoConfig):
         super().__init__(config)
         self.yoso = YosoModel(config)
@@ -318,6 +330,9 @@ class YosoForMultipleChoice(YosoPreTrainedModel):
 
 
 class YosoForTokenClassification(YosoPreTrainedModel):
+    """YosoModel with a linear classifier per token; ``labels`` (batch, n) give the cross-entropy over labelled
+    (not -100), unpadded positions."""
+
     def __init__(self, config: YosoConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -341,6 +356,9 @@ class YosoForTokenClassification(YosoPreTrainedModel):
 
 
 class YosoForQuestionAnswering(YosoPreTrainedModel):
+    """Extractive QA: start and end logits per token; ``start_positions`` / ``end_positions`` (batch,) give
+    transformers' span loss, with padding masked out of the softmax and positions on padding ignored."""
+
     def __init__(self, config: YosoConfig):
         super().__init__(config)
         config.num_labels = 2
