@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The README's LRA ListOps study: softmax and yoso with 5 seeds each, yoso-e with one, run one after the
+# The LRA ListOps study (docs/studies.md): softmax and yoso with 5 seeds each, yoso-e with one, run one after the
 # other with LRA's recipe (--preset lra-listops) at up to 1000 tokens and a reduced budget (600 steps).
-# Departures from the preset, chosen by short softmax trials at 1000 tokens (README, "Long-sequence accuracy"):
+# Departures from the preset, chosen by short softmax trials at 1000 tokens (docs/studies.md):
 # lr 2e-3 with 100 warm-up steps (1e-4 barely moves in 600 steps), 4 heads of 16 and the first-token (cls) pooling
 # (mean pooling and 2 heads stayed at chance for 300+ steps in those trials).
 # Run it again to continue: finished runs are skipped, an interrupted run resumes from its last checkpoint.
 #   nohup benchmarks/lra_listops_study.sh > runs/lra-study.log 2>&1 &
 # Variants through the environment: OUT (results directory), STEPS (training steps, 600), RUNS (attention:seed
-# list), EXTRA (more `yoso train` flags), e.g. the README's longer budget:
+# list), EXTRA (more `yoso train` flags), e.g. the longer budget:
 #   OUT=runs/lra-study-1200 STEPS=1200 RUNS="softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2" \
 #       nohup benchmarks/lra_listops_study.sh > runs/lra-study-1200.log 2>&1 &
 set -euo pipefail

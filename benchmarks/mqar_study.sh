@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The MQAR study (README "Associative recall"): softmax, yoso and yoso-e on multi-query associative recall, run
+# The MQAR study (docs/studies.md): softmax, yoso and yoso-e on multi-query associative recall, run
 # one after the other. Run it again to continue: finished runs are skipped, an interrupted run resumes.
 #   nohup benchmarks/mqar_study.sh > runs/mqar-study.log 2>&1 &
 # Variants through the environment: OUT (results directory), LENGTH (tokens, 128), PAIRS (8), VOCAB (256),
 # STEPS (1200), RUNS (attention:seed list), EXTRA (more `yoso train` flags, e.g. "--hash-code-len 8").
-# Recipe, from short softmax trials at 128 tokens and 8 pairs (README): width 64, 2 layers of 2 heads, no dropout,
+# Recipe, from short softmax trials at 128 tokens and 8 pairs (docs/studies.md): width 64, 2 layers of 2 heads, no dropout,
 # a width-3 convolution over the values for every attention (a key's value is its right neighbour), lr 3e-3;
 # a vocabulary of 8192 (Zoology's) stayed at 1/4095 for 600 steps, without the convolution or at lr 1e-3 softmax
 # stayed at chance for 1200 steps.

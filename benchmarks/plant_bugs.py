@@ -31,7 +31,7 @@ BUGS = [
      "head_mask = None if mask is None else mask[-1:, None, :].expand(mask.shape[0], 1, -1)",
      "tests/models/test_padding.py"),
     ("torchrun: no DistributedDataParallel (no gradient sync)",
-     "training/loop.py", "torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model", "model",
+     "training/loop.py", "torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)", "model",
      "tests/cli/test_cli.py -k torchrun_equals"),
     ("torchrun: every rank reads the same shard",
      "training/data.py", "return self.collate(batch[rank::world]", "return self.collate(batch[0::world]",

@@ -124,7 +124,22 @@ def _train(ns) -> int:
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
+        print(summary_line(summary))
     return 0
+
+
+def summary_line(summary: dict) -> str:
+    """The run's result in one line: test accuracy (and perplexity or sequence accuracy) beside the trivial
+    baselines, and the training throughput."""
+    parts = [f"test accuracy {summary['test_accuracy']:.3f}"]
+    if "test_sequence_accuracy" in summary:
+        parts.append(f"sequence accuracy {summary['test_sequence_accuracy']:.3f}")
+    if "test_perplexity" in summary:
+        parts.append(f"perplexity {summary['test_perplexity']:.2f}")
+    baselines = [f"{key.removesuffix('_baseline').replace('_', ' ')} {value:.3f}"
+                 for key, value in summary.items() if key.endswith("_baseline")]  # fmt: skip
+    against = f" (baselines: {', '.join(baselines)})" if baselines else ""
+    return f"{', '.join(parts)}{against}; trained at {summary['tokens_per_second']:,.0f} tokens/s"
 
 
 def _bench(ns) -> int:

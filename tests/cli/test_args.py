@@ -123,3 +123,14 @@ def test_version_flag_prints_the_package_version(capsys):
         build_parser().parse_args(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"yoso-attention {yoso_attention.__version__}"
+
+
+def test_the_last_line_of_a_run_says_accuracy_baselines_and_throughput():
+    from yoso_attention.cli import summary_line
+
+    line = summary_line({"test_accuracy": 0.9512, "test_sequence_accuracy": 0.61, "chance_baseline": 0.125,
+                         "sequence_chance_baseline": 2.5e-05, "tokens_per_second": 22122.4})  # fmt: skip
+    assert line == ("test accuracy 0.951, sequence accuracy 0.610 (baselines: chance 0.125, sequence chance 0.000); "
+                    "trained at 22,122 tokens/s")  # fmt: skip
+    mlm = summary_line({"test_accuracy": 0.32, "test_perplexity": 20.04, "tokens_per_second": 1000.0})
+    assert mlm == "test accuracy 0.320, perplexity 20.04; trained at 1,000 tokens/s"

@@ -5,6 +5,7 @@ references fail it), and every public name has a docstring and a place in the AP
 An example may show sizes too big for a test: an HTML comment on the line above its fence,
 ``<!-- docs-test: 4096->256 16384->512 -->``, names the replacements the test makes (text, left to right)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -63,8 +64,18 @@ def test_every_public_name_has_a_docstring_and_an_api_entry():
         assert f"::: {name}\n" in api, f"{name} is missing from docs/api"
 
 
+def test_the_readmes_links_point_at_files_of_the_repository():
+    for page in (ROOT / "README.md", ROOT / "DEVELOPERS.md"):
+        links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text())
+        local = [link for link in links if "://" not in link]
+        assert local, page.name
+        for link in local:
+            assert (ROOT / link).exists(), f"{page.name} links to {link}, which does not exist"
+
+
 def test_the_site_builds_strictly(tmp_path):
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+                            cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert result.returncode == 0, result.stderr[-5000:]
     assert (tmp_path / "api" / "ops" / "index.html").is_file()

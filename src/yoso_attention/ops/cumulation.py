@@ -92,7 +92,7 @@ def _weighted_torch(codes_out, codes_in, mask_out, mask_in, a_out, a_in, b_in, n
 def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     """Whether the query-major weighted kernel beats the bucket-major one: with few keys per bucket it skips
     the sorts and the empty buckets; with many, the bucket-major one reuses each key's rows from cache.
-    Measured crossover (2 cores, random codes; README): ~8 keys per bucket at d = 16, ~2 at 32, 1-2 at 64;
+    Measured crossover (2 cores, random codes): ~8 keys per bucket at d = 16, ~2 at 32, 1-2 at 64;
     this rule switches at 4, 2 and 1."""
     return n_keys * d <= 64 * n_buckets
 
@@ -150,7 +150,8 @@ def lsh_cumulation(
         q_codes: (..., L, m) integer codes in [0, 2 ** hash_code_len).
         k_codes: (..., S, m), same leading dims and m.
         v: (..., S, dv) floating values (accumulated in fp32). Differentiable.
-        q_mask, k_mask: bool, True for real tokens, broadcastable to (..., L) and (..., S).
+        q_mask: bool, True for real queries, broadcastable to (..., L); masked queries get zeros.
+        k_mask: bool, True for real keys, broadcastable to (..., S); masked keys are in no bucket.
         hash_code_len: tau, the number of bits of a code.
 
     Returns:

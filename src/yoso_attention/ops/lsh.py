@@ -117,7 +117,7 @@ def yoso_lsh(
         num_hash: m >= 1; the estimate's error falls like 1/sqrt(m).
         hash_code_len: tau in [1, 20]; 2**tau buckets per hash.
         fast_hash: Hadamard hash (needs d >= tau after padding d to a power of two; O(d log d) a row instead of
-            O(d m tau), but biased: see the README's "Semantics") instead of Gaussian.
+            O(d m tau), but biased: see docs/design.md, "What the sampling estimates") instead of Gaussian.
         lsh_backward: linear-time sampled gradients (True) or the dense YOSO-E gradients (False).
         generator: source of the hash functions; without it they are drawn from torch's global random state
             (as torch.randint would; reproducible with torch.manual_seed, and inside torch.compile). The codes

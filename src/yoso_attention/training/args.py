@@ -30,7 +30,7 @@ class TrainArgs:
                      "generated multi-query associative recall (mqar)", choices=TASKS)  # fmt: skip
     output_dir: str | None = _arg(None, "run directory for metrics, plots and checkpoints (default: runs/TASK)")
     preset: str | None = _arg(None, "a named recipe that sets many flags at once; flags given explicitly "
-                              "override it (see the README)")  # fmt: skip
+                              "override it (docs: guides/training.md)")  # fmt: skip
     attention: str = _arg("yoso", "token mixing: YOSO sampling (linear), YOSO-E (exact expectation, "
                           "quadratic) or softmax (SDPA baseline)", choices=ATTENTION_KINDS)  # fmt: skip
     max_length: int = _arg(512, "longest sequence in tokens (the model's positions; mlm: the block length; mqar: "

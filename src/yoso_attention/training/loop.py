@@ -223,7 +223,8 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
         restore_rng(state)
     ddp_model = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        device_ids = [device] if device.type == "cuda" else None
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     log = None
     if rank == 0:
         if not have_matplotlib():

@@ -14,7 +14,7 @@ CLASSIFIER_POOLINGS = ("cls", "mean")
 class YosoConfig(PreTrainedConfig):
     r"""Configuration of a YOSO model (Zeng et al., ICML 2021); the defaults give uw-madison/yoso-4096.
 
-    Args:
+    Attributes:
         vocab_size (`int`, defaults to 50265): number of token ids.
         hidden_size (`int`, defaults to 768): width of the hidden states.
         num_hidden_layers (`int`, defaults to 12): number of encoder layers.
@@ -44,8 +44,9 @@ class YosoConfig(PreTrainedConfig):
             call's hash functions instead of its codes and rehash q and k in backward (same gradients): 2 bytes
             less per token, head and hash function, for one more hashing per layer and step. Not a transformers
             field.
-        pad_token_id (`int`, defaults to 1), bos_token_id (`int`, defaults to 0), eos_token_id (`int`,
-            defaults to 2): special token ids.
+        pad_token_id (`int`, defaults to 1): id of the padding token.
+        bos_token_id (`int`, defaults to 0): id of the first token.
+        eos_token_id (`int`, defaults to 2): id of the separator / end token.
         add_cross_attention (`bool`, defaults to `False`): must stay False; YOSO is an encoder.
         chunk_size_feed_forward (`int`, defaults to 0, inherited): tokens per chunk of the feed-forward
             block, as in transformers; 0 picks chunks of at most 16 MB of activation (same results).
