@@ -134,3 +134,23 @@ def test_the_last_line_of_a_run_says_accuracy_baselines_and_throughput():
                     "trained at 22,122 tokens/s")  # fmt: skip
     mlm = summary_line({"test_accuracy": 0.32, "test_perplexity": 20.04, "tokens_per_second": 1000.0})
     assert mlm == "test accuracy 0.320, perplexity 20.04; trained at 1,000 tokens/s"
+
+
+def test_qk_weight_decay_puts_the_query_and_key_projections_in_their_own_group():
+    import yoso_attention
+    from tests.models.conftest import tiny_config
+    from yoso_attention.training.loop import parameter_groups
+
+    model = yoso_attention.YosoForTokenClassification(tiny_config())
+    one = parameter_groups(model, parse("--weight-decay", "0.05"))
+    assert len(one) == 1 and one[0]["weight_decay"] == 0.05
+    assert len(one[0]["params"]) == len(list(model.parameters()))
+    rest, qk = parameter_groups(model, parse("--weight-decay", "0.05", "--qk-weight-decay", "1.0"))
+    layers = model.config.num_hidden_layers
+    expected = {id(p) for layer in model.yoso.encoder.layer for lin in (layer.attention.self.query,
+                layer.attention.self.key) for p in lin.parameters()}  # fmt: skip
+    assert {id(p) for p in qk["params"]} == expected and len(expected) == 4 * layers
+    assert (rest["weight_decay"], qk["weight_decay"]) == (0.05, 1.0)
+    assert len(rest["params"]) + len(qk["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="--weight-decay and --qk-weight-decay must be >= 0"):
+        parse("--qk-weight-decay", "-1").validate()

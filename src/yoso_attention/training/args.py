@@ -96,6 +96,10 @@ class TrainArgs:
                            "times the number of processes)")  # fmt: skip
     lr: float = _arg(2e-3, "peak learning rate of AdamW")
     weight_decay: float = _arg(0.01, "AdamW weight decay")
+    qk_weight_decay: float | None = _arg(None, "AdamW weight decay of the query and key projections (default: "
+                                         "--weight-decay). YOSO sees only the directions of q and k, so AdamW grows "
+                                         "their norms step by step and their angular learning rate falls; decay "
+                                         "holds the norms (docs: studies.md, MQAR)")  # fmt: skip
     warmup_steps: int = _arg(100, "steps of linear learning-rate warm-up from 0")
     lr_schedule: str = _arg("cosine", "learning-rate decay after warm-up, to 0 at --max-steps",
                             choices=LR_SCHEDULES)  # fmt: skip
@@ -130,6 +134,9 @@ class TrainArgs:
             from .data import mqar_spec
 
             mqar_spec(self).validate()
+        if self.weight_decay < 0 or (self.qk_weight_decay is not None and self.qk_weight_decay < 0):
+            raise ValueError(f"--weight-decay and --qk-weight-decay must be >= 0, got {self.weight_decay} and "
+                             f"{self.qk_weight_decay}")  # fmt: skip
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.trim_memory_every < 0:
@@ -171,7 +178,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
               "dropout"),
     "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
                   "expectation_warmup_steps"),
-    "optimisation": ("batch_size", "lr", "weight_decay", "warmup_steps", "lr_schedule", "max_steps", "seed"),
+    "optimisation": ("batch_size", "lr", "weight_decay", "qk_weight_decay", "warmup_steps", "lr_schedule", "max_steps", "seed"),
     "run control": ("output_dir", "device", "resume", "eval_every", "save_every", "trim_memory_every"),
 }  # fmt: skip
 

@@ -89,6 +89,18 @@ def set_attention_for_step(model, args: TrainArgs, step: int) -> None:
         model.config.use_expectation = step < args.expectation_warmup_steps
 
 
+def parameter_groups(model, args: TrainArgs) -> list[dict]:
+    """AdamW groups: every parameter with --weight-decay or, with --qk-weight-decay, the query and key projections in
+    a second group with that decay (one group otherwise, so that earlier checkpoints resume)."""
+    if args.qk_weight_decay is None:
+        return [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
+    qk_names = (".attention.self.query.", ".attention.self.key.")
+    qk, rest = [], []
+    for name, param in model.named_parameters():
+        (qk if any(part in name for part in qk_names) else rest).append(param)
+    return [{"params": rest, "weight_decay": args.weight_decay}, {"params": qk, "weight_decay": args.qk_weight_decay}]
+
+
 def check_fits(config: YosoConfig, args: TrainArgs, vocab_size: int) -> None:
     """A model from --init-from must have the positions and vocabulary the data needs."""
     if args.max_length > config.max_position_embeddings:
@@ -213,7 +225,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     model = build_model(args, vocab_size, pad_id, num_classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(args))
     step, best = 0, -math.inf
     if state is not None:

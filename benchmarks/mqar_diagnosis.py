@@ -1,0 +1,83 @@
+"""Diagnostic variants of the attention for the MQAR study (docs/studies.md, "Why YOSO stays at chance"): runs
+`yoso train` with one variant patched in. Not library code; each variant isolates one difference between YOSO and
+softmax attention.
+
+    .venv/bin/python benchmarks/mqar_diagnosis.py VARIANT train --task mqar ... --attention yoso-e|softmax
+
+VARIANT (comma-separated, or "none"):
+  nonorm    YOSO: no per-head L2 normalisation of the attention output
+  rownorm   YOSO-E: divide each output row by its total weight (as softmax does) instead of L2-normalising it
+  smnorm    softmax: L2-normalise each head's output, as YOSO does
+  smunit    softmax on unit q and k with a fixed scale (env SCALE, default 5): bounded sharpness, as YOSO's
+            (1 - theta/pi)^tau has (log-contrast tau ln 2 between an aligned and an orthogonal key)
+  tausched  YOSO: tau grows linearly from env TAU0 (default 2) to --hash-code-len over the first FRAC (0.5) of
+            the steps
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from yoso_attention.cli import main
+from yoso_attention.models.yoso import layers_yoso
+from yoso_attention.training import loop, softmax
+
+
+def no_output_norm():
+    layers_yoso.normalize_rows = lambda x: x
+
+
+def row_sum_norm():
+    expectation = layers_yoso.yoso_expectation
+
+    def divided(q, k, v, mask, hash_code_len):
+        out = expectation(q, k, v, mask, hash_code_len=hash_code_len)
+        total = expectation(q, k, torch.ones_like(v[..., :1]), mask, hash_code_len=hash_code_len)  # (..., n, 1)
+        return out / (total + 1e-6)
+
+    layers_yoso.yoso_expectation = divided
+    no_output_norm()
+
+
+def softmax_forward(unit_qk: bool, scale: float | None, normalise_output: bool):
+    def forward(self, hidden_states, mask=None, output_attentions=False):
+        q, k, v = (self._split_heads(f(hidden_states)) for f in (self.query, self.key, self.value))
+        if unit_qk:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale).transpose(1, 2)
+        if normalise_output:
+            context = F.normalize(context, dim=-1)
+        return self._merge_heads(context, v, mask), None
+
+    softmax.SoftmaxSelfAttention.forward = forward
+
+
+def tau_schedule():
+    set_step = loop.set_attention_for_step
+    tau0, frac = int(os.environ.get("TAU0", "2")), float(os.environ.get("FRAC", "0.5"))
+
+    def scheduled(model, args, step):
+        set_step(model, args, step)
+        end = max(1, int(frac * args.max_steps))
+        model.config.hash_code_len = round(tau0 + (args.hash_code_len - tau0) * min(1.0, step / end))
+
+    loop.set_attention_for_step = scheduled
+
+
+VARIANTS = {
+    "nonorm": no_output_norm,
+    "rownorm": row_sum_norm,
+    "smnorm": lambda: softmax_forward(unit_qk=False, scale=None, normalise_output=True),
+    "smunit": lambda: softmax_forward(unit_qk=True, scale=float(os.environ.get("SCALE", "5")), normalise_output=False),
+    "tausched": tau_schedule,
+}
+
+if __name__ == "__main__":
+    for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
+        VARIANTS[name]()
+    sys.exit(main(sys.argv[2:]))
