@@ -4,6 +4,8 @@ softmax attention.
 
     .venv/bin/python benchmarks/mqar_diagnosis.py VARIANT train --task mqar ... --attention yoso-e|softmax
 
+    .venv/bin/python benchmarks/mqar_diagnosis.py --norms RUN_DIR ...     # mean |q|, |k| per layer: init vs trained
+
 VARIANT (comma-separated, or "none"):
   nonorm    YOSO: no per-head L2 normalisation of the attention output
   rownorm   YOSO-E: divide each output row by its total weight (as softmax does) instead of L2-normalising it
@@ -77,7 +79,35 @@ VARIANTS = {
     "tausched": tau_schedule,
 }
 
+def print_norms(run_dirs: list[str]) -> None:
+    """Mean |q| and |k| per layer on 32 eval sequences, for a fresh model (seed 0) and the run's last checkpoint."""
+    import json
+    from pathlib import Path
+
+    from yoso_attention import YosoForTokenClassification
+    from yoso_attention.training.args import TrainArgs
+    from yoso_attention.training.data import load_splits
+
+    for run in map(Path, run_dirs):
+        trained = YosoForTokenClassification.from_pretrained(run / "last").eval()
+        torch.manual_seed(0)
+        fresh = YosoForTokenClassification(trained.config).eval()
+        ids, _, _ = load_splits(TrainArgs(**json.loads((run / "args.json").read_text())))[0]["eval"].collate(list(range(32)))
+        for label, model in (("init", fresh), ("trained", trained)):
+            with torch.no_grad():
+                hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states
+                norms = []
+                for i, layer in enumerate(model.yoso.encoder.layer):
+                    attn = layer.attention.self
+                    q, k = (attn._split_heads(f(hidden[i])).norm(dim=-1).mean() for f in (attn.query, attn.key))
+                    norms.append(f"layer {i}: |q| {q:.2f} |k| {k:.2f}")
+            print(f"{run.name} {label}: " + "; ".join(norms))
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--norms":
+        print_norms(sys.argv[2:])
+        sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()
     sys.exit(main(sys.argv[2:]))
