@@ -19,19 +19,5 @@ recipe=(--preset lra-listops --max-length 1000 --train-examples 16000 --eval-exa
         --save-every 50 "${extra[@]}")
 source "$(dirname "$0")/study_runs.sh"
 train_runs "$out" "$runs" "${recipe[@]}"
-python3 - "$out" <<'PY'
-import json, statistics, sys
-from pathlib import Path
-
-runs = {}
-for path in sorted(Path(sys.argv[1]).glob("*-seed*/summary.json")):
-    runs.setdefault(path.parent.name.rsplit("-seed", 1)[0], []).append(json.loads(path.read_text()))
-print("| attention | seeds | test accuracy | first-operator rule | majority class | tokens/s | peak RSS (MB) |")
-print("|---|---|---|---|---|---|---|")
-for name, rows in runs.items():
-    acc = [r["test_accuracy"] for r in rows]
-    spread = f" ± {statistics.stdev(acc):.3f}" if len(acc) > 1 else ""
-    mean = lambda key: statistics.mean(r[key] for r in rows)
-    print(f"| {name} | {len(rows)} | {statistics.mean(acc):.3f}{spread} | {mean('first_operator_baseline'):.3f} | "
-          f"{mean('majority_baseline'):.3f} | {mean('tokens_per_second'):,.0f} | {mean('peak_memory_mb'):,.0f} |")
-PY
+python3 "$(dirname "$0")/study_summary.py" "$out" "test accuracy=test_accuracy±" "first-operator rule=first_operator_baseline" \
+    "majority class=majority_baseline" "tokens/s=tokens_per_second" "peak RSS (MB)=peak_memory_mb"

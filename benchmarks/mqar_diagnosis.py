@@ -92,7 +92,8 @@ def print_norms(run_dirs: list[str]) -> None:
         trained = YosoForTokenClassification.from_pretrained(run / "last").eval()
         torch.manual_seed(0)
         fresh = YosoForTokenClassification(trained.config).eval()
-        ids, _, _ = load_splits(TrainArgs(**json.loads((run / "args.json").read_text())))[0]["eval"].collate(list(range(32)))
+        splits = load_splits(TrainArgs(**json.loads((run / "args.json").read_text())))[0]
+        ids, _, _ = splits["eval"].collate(list(range(32)))
         for label, model in (("init", fresh), ("trained", trained)):
             with torch.no_grad():
                 hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states

@@ -18,17 +18,5 @@ recipe=(--task mqar --max-length "${LENGTH:-128}" --mqar-pairs "${PAIRS:-8}" --m
         --max-steps "${STEPS:-1200}" --eval-every 200 --save-every 200 "${extra[@]}")
 source "$(dirname "$0")/study_runs.sh"
 train_runs "$out" "$runs" "${recipe[@]}"
-python3 - "$out" <<'PY'
-import json, statistics, sys
-from pathlib import Path
-
-runs = {}
-for path in sorted(Path(sys.argv[1]).glob("*-seed*/summary.json")):
-    runs.setdefault(path.parent.name.rsplit("-seed", 1)[0], []).append(json.loads(path.read_text()))
-print("| attention | seeds | query accuracy | sequence accuracy | chance (query) | tokens/s | peak RSS (MB) |")
-print("|---|---|---|---|---|---|---|")
-for name, rows in runs.items():
-    mean = lambda key: statistics.mean(r[key] for r in rows)
-    print(f"| {name} | {len(rows)} | {mean('test_accuracy'):.3f} | {mean('test_sequence_accuracy'):.3f} | "
-          f"{mean('chance_baseline'):.3f} | {mean('tokens_per_second'):,.0f} | {mean('peak_memory_mb'):,.0f} |")
-PY
+python3 "$(dirname "$0")/study_summary.py" "$out" "query accuracy=test_accuracy" "sequence accuracy=test_sequence_accuracy" \
+    "chance (query)=chance_baseline" "tokens/s=tokens_per_second" "peak RSS (MB)=peak_memory_mb"

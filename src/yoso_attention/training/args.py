@@ -178,7 +178,8 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
               "dropout"),
     "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
                   "expectation_warmup_steps"),
-    "optimisation": ("batch_size", "lr", "weight_decay", "qk_weight_decay", "warmup_steps", "lr_schedule", "max_steps", "seed"),
+    "optimisation": ("batch_size", "lr", "weight_decay", "qk_weight_decay", "warmup_steps", "lr_schedule",
+                     "max_steps", "seed"),
     "run control": ("output_dir", "device", "resume", "eval_every", "save_every", "trim_memory_every"),
 }  # fmt: skip
 
