@@ -6,6 +6,10 @@ softmax attention.
 
     .venv/bin/python benchmarks/mqar_diagnosis.py --norms RUN_DIR ...     # mean |q|, |k| per layer: init vs trained
 
+    .venv/bin/python benchmarks/mqar_diagnosis.py --shares RUN_DIR ...    # where the queries attend, per layer/head
+
+    .venv/bin/python benchmarks/mqar_diagnosis.py --sampling RUN_DIR M ...  # query accuracy: YOSO-E, sampling with M
+
 VARIANT (comma-separated, or "none"):
   nonorm    YOSO: no per-head L2 normalisation of the attention output
   rownorm   YOSO-E: divide each output row by its total weight (as softmax does) instead of L2-normalising it
@@ -14,19 +18,32 @@ VARIANT (comma-separated, or "none"):
             (1 - theta/pi)^tau has (log-contrast tau ln 2 between an aligned and an orthogonal key)
   tausched  YOSO: tau grows linearly from env TAU0 (default 2) to --hash-code-len over the first FRAC (0.5) of
             the steps
+  nopos     no position embeddings (zero and frozen): the task needs none, the convolution gives locality
+  tiedqk    each key projection starts as a copy of its query projection (then trained apart)
+  noffn     no feed-forward blocks: each layer is attention and its residual LayerNorm
+  preln     pre-LayerNorm layers and a final LayerNorm (the authors' LRA models) instead of post-LayerNorm
+  decayonly AdamW decay env DECAY (default 1.0) on the parameters whose name contains one of env DECAY_NAMES
+            (comma-separated), --weight-decay on the others
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from yoso_attention import YosoForTokenClassification
 from yoso_attention.cli import main
+from yoso_attention.data import mqar
 from yoso_attention.models.yoso import layers_yoso
+from yoso_attention.ops.reference import expectation_matrix
 from yoso_attention.training import loop, softmax
+from yoso_attention.training.args import TrainArgs
+from yoso_attention.training.data import load_splits
 
 
 def no_output_norm():
@@ -71,29 +88,84 @@ def tau_schedule():
     loop.set_attention_for_step = scheduled
 
 
+def build_model_then(change):
+    """Apply change(model) to the model `yoso train` builds, before training or resuming."""
+    build = loop.build_model
+
+    def built(*args, **kwargs):
+        model = build(*args, **kwargs)
+        change(model)
+        return model
+
+    loop.build_model = built
+
+
+def no_positions(model):
+    model.yoso.embeddings.position_embeddings.weight.data.zero_()
+    model.yoso.embeddings.position_embeddings.weight.requires_grad_(False)
+
+
+def tied_qk_init(model):
+    for attn in (layer.attention.self for layer in model.yoso.encoder.layer):
+        attn.key.load_state_dict(attn.query.state_dict())
+
+
+def pre_layer_norm():
+    def attention(self, hidden_states, mask=None, output_attentions=False):
+        context, weights = self.self(self.output.LayerNorm(hidden_states), mask, output_attentions)
+        return hidden_states + self.output.dropout(self.output.dense(context)), weights
+
+    def feed_forward(self, x):
+        return x + self.output.dropout(self.output.dense(self.intermediate(self.output.LayerNorm(x))))
+
+    encoder_init, encoder_forward = layers_yoso.YosoEncoder.__init__, layers_yoso.YosoEncoder.forward
+
+    def init(self, config):
+        encoder_init(self, config)
+        self.final_layer_norm = torch.nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, *args, **kwargs):
+        hidden, all_hidden, attentions = encoder_forward(self, *args, **kwargs)
+        return self.final_layer_norm(hidden), all_hidden, attentions
+
+    layers_yoso.YosoAttention.forward, layers_yoso.YosoLayer._feed_forward = attention, feed_forward
+    layers_yoso.YosoEncoder.__init__, layers_yoso.YosoEncoder.forward = init, forward
+
+
+def decay_only():
+    names, decay = os.environ["DECAY_NAMES"].split(","), float(os.environ.get("DECAY", "1.0"))
+
+    def groups(model, args):
+        picked = [any(name in full for name in names) for full, _ in model.named_parameters()]
+        params = [param for _, param in model.named_parameters()]
+        return [
+            {"params": [p for p, pick in zip(params, picked) if not pick], "weight_decay": args.weight_decay},
+            {"params": [p for p, pick in zip(params, picked) if pick], "weight_decay": decay},
+        ]
+
+    loop.parameter_groups = groups
+
+
 VARIANTS = {
     "nonorm": no_output_norm,
     "rownorm": row_sum_norm,
     "smnorm": lambda: softmax_forward(unit_qk=False, scale=None, normalise_output=True),
     "smunit": lambda: softmax_forward(unit_qk=True, scale=float(os.environ.get("SCALE", "5")), normalise_output=False),
     "tausched": tau_schedule,
+    "nopos": lambda: build_model_then(no_positions),
+    "tiedqk": lambda: build_model_then(tied_qk_init),
+    "noffn": lambda: setattr(layers_yoso.YosoLayer, "_feed_forward", lambda self, x: x),
+    "preln": pre_layer_norm,
+    "decayonly": decay_only,
 }
+
 
 def print_norms(run_dirs: list[str]) -> None:
     """Mean |q| and |k| per layer on 32 eval sequences, for a fresh model (seed 0) and the run's last checkpoint."""
-    import json
-    from pathlib import Path
-
-    from yoso_attention import YosoForTokenClassification
-    from yoso_attention.training.args import TrainArgs
-    from yoso_attention.training.data import load_splits
-
     for run in map(Path, run_dirs):
-        trained = YosoForTokenClassification.from_pretrained(run / "last").eval()
+        trained, ids, _ = _load_run(run)
         torch.manual_seed(0)
         fresh = YosoForTokenClassification(trained.config).eval()
-        splits = load_splits(TrainArgs(**json.loads((run / "args.json").read_text())))[0]
-        ids, _, _ = splits["eval"].collate(list(range(32)))
         for label, model in (("init", fresh), ("trained", trained)):
             with torch.no_grad():
                 hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states
@@ -105,9 +177,80 @@ def print_norms(run_dirs: list[str]) -> None:
             print(f"{run.name} {label}: " + "; ".join(norms))
 
 
+def _load_run(run: Path):
+    """(trained model, 32 eval sequences, training arguments) of a run directory."""
+    model = YosoForTokenClassification.from_pretrained(run / "last").eval()
+    if getattr(model.config, "attention_kind", None) == "softmax":
+        softmax.use_softmax_attention(model)
+    args = TrainArgs(**json.loads((run / "args.json").read_text()))
+    return model, load_splits(args)[0]["eval"].collate(list(range(32)))[0], args
+
+
+def attention_maps(model, ids) -> list[torch.Tensor]:
+    """(batch, heads, n, n) row-normalised attention of each layer: softmax's, or YOSO's collision probabilities
+    (what sampling estimates), from the q and k of that layer's input."""
+    with torch.no_grad():
+        hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states
+        maps = []
+        for i, layer in enumerate(model.yoso.encoder.layer):
+            attn = layer.attention.self
+            q, k = (attn._split_heads(f(hidden[i])) for f in (attn.query, attn.key))  # (batch, heads, n, d)
+            if isinstance(attn, softmax.SoftmaxSelfAttention):
+                weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+            else:
+                weights = expectation_matrix(q, k, hash_code_len=model.config.hash_code_len)
+            maps.append(weights / weights.sum(-1, keepdim=True))
+    return maps
+
+
+def print_shares(run_dirs: list[str]) -> None:
+    """Mean share of each query position's attention on its key's position in the prefix, on that key's value
+    (the next position), on the other values, on itself and on the rest, per layer and head."""
+    for run in map(Path, run_dirs):
+        model, ids, _ = _load_run(run)
+        first_value = mqar.MqarSpec(vocab_size=model.config.vocab_size).first_value
+        rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
+        batch, query, key = map(torch.tensor, zip(*rows))
+        is_value = ids >= first_value  # (batch, n)
+        for i, weights in enumerate(attention_maps(model, ids)):
+            for h in range(weights.shape[1]):
+                row = weights[batch, h, query]  # (queries, n)
+                own_value = row.gather(1, (key + 1)[:, None]).squeeze(1)
+                other_values = (row * is_value[batch]).sum(1) - own_value
+                shares = {
+                    "key": row.gather(1, key[:, None]).squeeze(1),
+                    "its value": own_value,
+                    "other values": other_values,
+                    "self": row.gather(1, query[:, None]).squeeze(1),
+                }
+                shares["rest"] = 1 - sum(shares.values())
+                text = ", ".join(f"{name} {share.mean():.3f}" for name, share in shares.items())
+                print(f"{run.name} layer {i} head {h}: {text}")
+
+
+def print_sampling_accuracy(run_dir: str, num_hashes: list[int]) -> None:
+    """Query accuracy of a run's last checkpoint on 32 eval sequences in YOSO-E and sampled with each number of
+    hashes (the run's own hash and tau; one draw, seed 0)."""
+    model, ids, args = _load_run(Path(run_dir))
+    first_value = mqar.MqarSpec(vocab_size=model.config.vocab_size).first_value
+    labels = torch.from_numpy(mqar.labels(ids.numpy(), args.mqar_pairs, first_value))
+    picked = labels != -100
+    for num_hash in [None, *num_hashes]:
+        model.config.use_expectation = num_hash is None
+        model.config.num_hash = num_hash or model.config.num_hash
+        torch.manual_seed(0)
+        with torch.no_grad():
+            predicted = model(input_ids=ids).logits.argmax(-1)
+        accuracy = (predicted[picked] == labels[picked]).float().mean()
+        print(f"{Path(run_dir).name} {'YOSO-E' if num_hash is None else f'sampled, m = {num_hash}'}: {accuracy:.3f}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--norms":
-        print_norms(sys.argv[2:])
+    if sys.argv[1] in ("--norms", "--shares"):
+        (print_norms if sys.argv[1] == "--norms" else print_shares)(sys.argv[2:])
+        sys.exit(0)
+    if sys.argv[1] == "--sampling":
+        print_sampling_accuracy(sys.argv[2], [int(m) for m in sys.argv[3:]])
         sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()
