@@ -23,6 +23,17 @@ def test_lra_listops_preset_is_the_authors_recipe():
     assert args.output_dir == "runs/lra-listops" and args.attention == "yoso"
 
 
+def test_mqar_preset_is_the_studied_recipe_and_validates():
+    args = parse("--preset", "mqar")
+    recipe = dict(task="mqar", attention="yoso-e", max_length=128, mqar_pairs=8, mqar_vocab_size=256,
+                  hidden_size=64, num_layers=2, num_heads=2, conv_window=3, dropout=0.0, lr=1e-2, weight_decay=0.3,
+                  max_steps=1200, hash_code_len=8)  # fmt: skip
+    assert {k: getattr(args, k) for k in recipe} == recipe
+    assert args.output_dir == "runs/mqar"
+    args.validate()
+    assert parse("--preset", "mqar", "--attention", "softmax").attention == "softmax"
+
+
 def test_explicit_flags_override_the_preset():
     args = parse("--preset", "lra-listops", "--max-steps", "300", "--attention", "softmax", "--lr", "1e-3")
     assert (args.max_steps, args.attention, args.lr) == (300, "softmax", 1e-3)
@@ -41,7 +52,7 @@ def test_every_train_option_has_a_help_line_with_its_choices():
         if action.option_strings and action.dest != "help":
             assert action.help and action.help != action.dest.replace("_", " "), action.dest
     text = train.format_help()
-    assert "{listops,text,mlm,mqar}" in text and "{cosine,linear,constant}" in text and "{lra-listops}" in text
+    assert "{listops,text,mlm,mqar}" in text and "{cosine,linear,constant}" in text and "{lra-listops,mqar}" in text
 
 
 def test_unknown_preset_is_an_error():
