@@ -94,6 +94,29 @@ def test_expectation_warmup_needs_sampled_yoso_and_a_non_negative_count():
             resolve_args({"expectation_warmup_steps": 5, "attention": attention}).validate()
 
 
+def test_hash_code_len_schedule_is_linear_rounded_and_checked():
+    from yoso_attention.training.loop import hash_code_len_at
+
+    args = parse("--hash-code-len", "8", "--hash-code-len-start", "2", "--hash-code-len-warmup-steps", "600")
+    args.validate()
+    assert [hash_code_len_at(args, step) for step in (0, 100, 150, 300, 599, 600, 5000)] == [2, 3, 4, 5, 8, 8, 8]
+    assert parse().hash_code_len_start is None and parse().hash_code_len_warmup_steps == 0
+    bad = [({"hash_code_len_start": 2}, "needs both --hash-code-len-start and --hash-code-len-warmup-steps > 0, "
+                                        "got 2 and 0"),
+           ({"hash_code_len_warmup_steps": 5}, "got None and 5"),
+           ({"hash_code_len_warmup_steps": -1}, "--hash-code-len-warmup-steps must be >= 0, got -1"),
+           ({"hash_code_len_start": 9, "hash_code_len_warmup_steps": 5, "hash_code_len": 8},
+            r"--hash-code-len-start must be in \[1, --hash-code-len 8\], got 9"),
+           ({"hash_code_len_start": 0, "hash_code_len_warmup_steps": 5}, "got 0"),
+           ({"hash_code_len_start": 2, "hash_code_len_warmup_steps": 60, "max_steps": 50},
+            "--hash-code-len-warmup-steps 60 must be <= --max-steps 50"),
+           ({"hash_code_len_start": 2, "hash_code_len_warmup_steps": 5, "attention": "softmax"},
+            "applies to --attention yoso or yoso-e, got --attention softmax")]  # fmt: skip
+    for values, message in bad:
+        with pytest.raises(ValueError, match=message):
+            resolve_args(values).validate()
+
+
 def test_recompute_hash_codes_reaches_fresh_and_loaded_models(tmp_path):
     from yoso_attention.training.loop import build_model
 

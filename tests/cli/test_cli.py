@@ -312,6 +312,26 @@ def test_expectation_warmup_trains_with_yoso_e_then_samples_and_resumes_in_eithe
     assert json.loads((run_dir / "last" / "config.json").read_text())["use_expectation"] is False
 
 
+@pytest.mark.parametrize("attention, op", [("yoso", "yoso_lsh"), ("yoso-e", "yoso_expectation")])
+def test_hash_code_len_schedule_sets_tau_of_every_training_step(tmp_path, monkeypatch, attention, op):
+    from yoso_attention.models.yoso import layers_yoso
+
+    taus = []
+
+    def spy(*args, _op=getattr(layers_yoso, op), **kwargs):
+        if torch.is_grad_enabled():
+            taus.append(kwargs["hash_code_len"])
+        return _op(*args, **kwargs)
+
+    monkeypatch.setattr(layers_yoso, op, spy)
+    run_dir = tmp_path / "run"
+    extra = ["--num-layers", "1", "--attention", attention, "--hash-code-len", "6", "--hash-code-len-start", "2",
+             "--hash-code-len-warmup-steps", "4"]  # fmt: skip
+    assert main(train_args(run_dir, tmp_path / "cache", steps=6, extra=extra)) == 0
+    assert taus == [2, 3, 4, 5, 6, 6]
+    assert json.loads((run_dir / "last" / "config.json").read_text())["hash_code_len"] == 6
+
+
 def test_plot_labels_name_the_expectation_warmup(tmp_path):
     from yoso_attention.training.plot import run_label, run_styles
 
@@ -321,6 +341,10 @@ def test_plot_labels_name_the_expectation_warmup(tmp_path):
                                                           "expectation_warmup_steps": warmup}))  # fmt: skip
     assert run_label(tmp_path / "plain") == "yoso, seed 1"
     assert run_label(tmp_path / "warm") == "yoso after 200 YOSO-E steps, seed 1"
+    (tmp_path / "tau").mkdir()
+    write(tmp_path / "tau" / "args.json", json.dumps({"attention": "yoso", "seed": 0, "hash_code_len": 8,
+                                                      "hash_code_len_start": 2, "hash_code_len_warmup_steps": 600}))
+    assert run_label(tmp_path / "tau") == "yoso, tau 2->8 over 600 steps, seed 0"
     (plain, warm) = run_styles([tmp_path / "plain", tmp_path / "warm"], ["C0", "C1"])
     assert plain[0] != warm[0]  # a different recipe gets its own color
 

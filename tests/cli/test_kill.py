@@ -58,6 +58,9 @@ def task_args(task, tmp_path):
         rows = "".join(json.dumps({"text": f"{'good' if i % 3 else 'bad'} {i} " * (i % 4 + 1), "label": int(i % 3 > 0)})
                        + "\n" for i in range(60))  # fmt: skip
         return ["--task", "text", "--train-file", str(write(tmp_path / "t.jsonl", rows)), "--max-length", "48"]
+    if task == "mqar-tau-schedule":  # killed at step 8, inside the schedule (tau 2 -> 6 over steps 0-12)
+        return ["--task", "mqar", "--max-length", "32", "--mqar-pairs", "4", "--mqar-vocab-size", "24",
+                "--hash-code-len", "6", "--hash-code-len-start", "2", "--hash-code-len-warmup-steps", "12"]  # fmt: skip
     return []
 
 
@@ -70,7 +73,8 @@ def killed_run(tmp_path, run_dir, args, where, nth):
 
 
 @pytest.mark.parametrize("task, where", [("listops", "between_renames"), ("listops", "in_temporary"),
-                                         ("text", "between_renames"), ("mlm", "between_renames")])  # fmt: skip
+                                         ("text", "between_renames"), ("mlm", "between_renames"),
+                                         ("mqar-tau-schedule", "between_renames")])  # fmt: skip
 def test_kill_inside_a_checkpoint_write_then_resume_matches_an_uninterrupted_run(tmp_path, task, where):
     cache, extra = tmp_path / "cache", task_args(task, tmp_path)
     yoso(*train_args(tmp_path / "full", cache, steps=16, extra=extra), cwd=tmp_path)

@@ -86,6 +86,11 @@ class TrainArgs:
                                       "gradients)")  # fmt: skip
     expectation_warmup_steps: int = _arg(0, "YOSO sampling: train the first this many steps with YOSO-E (exact "
                                          "expectation, quadratic) on the same weights, then sample")  # fmt: skip
+    hash_code_len_start: int | None = _arg(None, "YOSO: tau at step 0, growing linearly (rounded) to "
+                                           "--hash-code-len over --hash-code-len-warmup-steps: fewer bits first, so "
+                                           "more collisions and denser gradients (default: no schedule)")  # fmt: skip
+    hash_code_len_warmup_steps: int = _arg(0, "YOSO: steps over which tau grows from --hash-code-len-start to "
+                                           "--hash-code-len")  # fmt: skip
     pooling: str = _arg("cls", "classifier input: first token (cls, transformers-compatible) or mean over real "
                         "tokens (mean, the paper's LRA models)", choices=POOLINGS)  # fmt: skip
     dropout: float = _arg(0.1, "dropout probability of embeddings, layers and the classifier")
@@ -149,10 +154,27 @@ class TrainArgs:
         if self.expectation_warmup_steps and self.attention != "yoso":
             raise ValueError(f"--expectation-warmup-steps applies to --attention yoso only, "
                              f"got --attention {self.attention}")  # fmt: skip
+        self._validate_hash_code_len_schedule()
         if self.yoso_backward != "lsh" and self.attention != "yoso":
             raise ValueError(f"--yoso-backward {self.yoso_backward!r} applies to --attention yoso only, "
                              f"got --attention {self.attention}")  # fmt: skip
 
+
+    def _validate_hash_code_len_schedule(self) -> None:
+        start, steps = self.hash_code_len_start, self.hash_code_len_warmup_steps
+        if steps < 0:
+            raise ValueError(f"--hash-code-len-warmup-steps must be >= 0, got {steps}")
+        if (start is None) != (steps == 0):
+            raise ValueError(f"a tau schedule needs both --hash-code-len-start and --hash-code-len-warmup-steps > 0, "
+                             f"got {start} and {steps}")  # fmt: skip
+        if start is None:
+            return
+        if not 1 <= start <= self.hash_code_len:
+            raise ValueError(f"--hash-code-len-start must be in [1, --hash-code-len {self.hash_code_len}], got {start}")
+        if steps > self.max_steps:
+            raise ValueError(f"--hash-code-len-warmup-steps {steps} must be <= --max-steps {self.max_steps}")
+        if self.attention == "softmax":
+            raise ValueError("--hash-code-len-start applies to --attention yoso or yoso-e, got --attention softmax")
 
 # The authors' LRA ListOps configuration (YOSO repository, LRA/code): 2 layers, width 64, feed-forward 128,
 # 2 heads of 32, mean pooling; 96k / 2k / 2k expressions of 500-2000 tokens from LRA's generator (operand is a
@@ -186,7 +208,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "model": ("init_from", "hidden_size", "num_layers", "num_heads", "intermediate_size", "conv_window", "pooling",
               "dropout"),
     "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
-                  "expectation_warmup_steps"),
+                  "expectation_warmup_steps", "hash_code_len_start", "hash_code_len_warmup_steps"),
     "optimisation": ("batch_size", "lr", "weight_decay", "qk_weight_decay", "warmup_steps", "lr_schedule",
                      "max_steps", "seed"),
     "run control": ("output_dir", "device", "resume", "eval_every", "save_every", "trim_memory_every"),

@@ -84,9 +84,19 @@ def use_fast_hash(args: TrainArgs) -> bool:
 
 def set_attention_for_step(model, args: TrainArgs, step: int) -> None:
     """--expectation-warmup-steps: YOSO-E before that step, sampling from it on (evaluations and checkpoints
-    after the warm-up's last step already use sampling). YOSO-E and sampling share every weight."""
+    after the warm-up's last step already use sampling). YOSO-E and sampling share every weight.
+    --hash-code-len-start: tau of this step's schedule (evaluations and checkpoints use the next step's)."""
     if args.expectation_warmup_steps:
         model.config.use_expectation = step < args.expectation_warmup_steps
+    if args.hash_code_len_warmup_steps:
+        model.config.hash_code_len = hash_code_len_at(args, step)
+
+
+def hash_code_len_at(args: TrainArgs, step: int) -> int:
+    """--hash-code-len-start growing linearly to --hash-code-len over --hash-code-len-warmup-steps, rounded; a
+    function of the step alone, so that a resumed run continues the schedule."""
+    fraction = min(1.0, step / args.hash_code_len_warmup_steps)
+    return round(args.hash_code_len_start + (args.hash_code_len - args.hash_code_len_start) * fraction)
 
 
 def parameter_groups(model, args: TrainArgs) -> list[dict]:

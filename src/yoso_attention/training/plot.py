@@ -54,10 +54,14 @@ def _run_args(run_dir: Path) -> dict:
 
 
 def _attention_kind(args: dict) -> str:
-    """The attention a run trained with, e.g. 'yoso' or 'yoso after 200 YOSO-E steps'."""
+    """The attention a run trained with, e.g. 'yoso', 'yoso after 200 YOSO-E steps' or 'yoso, tau 2->8 over 600
+    steps'."""
     kind = args.get("attention", "?")
-    warmup = args.get("expectation_warmup_steps")
-    return f"{kind} after {warmup} YOSO-E steps" if warmup else kind
+    if warmup := args.get("expectation_warmup_steps"):
+        kind = f"{kind} after {warmup} YOSO-E steps"
+    if tau_steps := args.get("hash_code_len_warmup_steps"):
+        kind = f"{kind}, tau {args.get('hash_code_len_start')}->{args.get('hash_code_len')} over {tau_steps} steps"
+    return kind
 
 
 def run_label(run_dir: Path) -> str:
