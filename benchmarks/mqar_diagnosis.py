@@ -16,8 +16,6 @@ VARIANT (comma-separated, or "none"):
   smnorm    softmax: L2-normalise each head's output, as YOSO does
   smunit    softmax on unit q and k with a fixed scale (env SCALE, default 5): bounded sharpness, as YOSO's
             (1 - theta/pi)^tau has (log-contrast tau ln 2 between an aligned and an orthogonal key)
-  tausched  YOSO: tau grows linearly from env TAU0 (default 2) to --hash-code-len over the first FRAC (0.5) of
-            the steps
   nopos     no position embeddings (zero and frozen): the task needs none, the convolution gives locality
   tiedqk    each key projection starts as a copy of its query projection (then trained apart)
   noffn     no feed-forward blocks: each layer is attention and its residual LayerNorm
@@ -43,7 +41,7 @@ from yoso_attention.models.yoso import layers_yoso
 from yoso_attention.ops.reference import expectation_matrix
 from yoso_attention.training import loop, softmax
 from yoso_attention.training.args import TrainArgs
-from yoso_attention.training.data import load_splits
+from yoso_attention.training.data import load_splits, mqar_spec
 
 
 def no_output_norm():
@@ -74,18 +72,6 @@ def softmax_forward(unit_qk: bool, scale: float | None, normalise_output: bool):
         return self._merge_heads(context, v, mask), None
 
     softmax.SoftmaxSelfAttention.forward = forward
-
-
-def tau_schedule():
-    set_step = loop.set_attention_for_step
-    tau0, frac = int(os.environ.get("TAU0", "2")), float(os.environ.get("FRAC", "0.5"))
-
-    def scheduled(model, args, step):
-        set_step(model, args, step)
-        end = max(1, int(frac * args.max_steps))
-        model.config.hash_code_len = round(tau0 + (args.hash_code_len - tau0) * min(1.0, step / end))
-
-    loop.set_attention_for_step = scheduled
 
 
 def build_model_then(change):
@@ -151,7 +137,6 @@ VARIANTS = {
     "rownorm": row_sum_norm,
     "smnorm": lambda: softmax_forward(unit_qk=False, scale=None, normalise_output=True),
     "smunit": lambda: softmax_forward(unit_qk=True, scale=float(os.environ.get("SCALE", "5")), normalise_output=False),
-    "tausched": tau_schedule,
     "nopos": lambda: build_model_then(no_positions),
     "tiedqk": lambda: build_model_then(tied_qk_init),
     "noffn": lambda: setattr(layers_yoso.YosoLayer, "_feed_forward", lambda self, x: x),
@@ -207,8 +192,8 @@ def print_shares(run_dirs: list[str]) -> None:
     """Mean share of each query position's attention on its key's position in the prefix, on that key's value
     (the next position), on the other values, on itself and on the rest, per layer and head."""
     for run in map(Path, run_dirs):
-        model, ids, _ = _load_run(run)
-        first_value = mqar.MqarSpec(vocab_size=model.config.vocab_size).first_value
+        model, ids, args = _load_run(run)
+        first_value = mqar_spec(args).first_value
         rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
         batch, query, key = map(torch.tensor, zip(*rows))
         is_value = ids >= first_value  # (batch, n)
@@ -232,7 +217,7 @@ def print_sampling_accuracy(run_dir: str, num_hashes: list[int]) -> None:
     """Query accuracy of a run's last checkpoint on 32 eval sequences in YOSO-E and sampled with each number of
     hashes (the run's own hash and tau; one draw, seed 0)."""
     model, ids, args = _load_run(Path(run_dir))
-    first_value = mqar.MqarSpec(vocab_size=model.config.vocab_size).first_value
+    first_value = mqar_spec(args).first_value
     labels = torch.from_numpy(mqar.labels(ids.numpy(), args.mqar_pairs, first_value))
     picked = labels != -100
     for num_hash in [None, *num_hashes]:
