@@ -10,6 +10,11 @@ softmax attention.
 
     .venv/bin/python benchmarks/mqar_diagnosis.py --sampling RUN_DIR M ...  # query accuracy: YOSO-E, sampling with M
 
+    .venv/bin/python benchmarks/mqar_diagnosis.py --lengths RUN_DIR L ... [--hashes M ...]  # query accuracy at
+                                                                       # length L (positions repeated), sampling with M
+    .venv/bin/python benchmarks/mqar_diagnosis.py --mass RUN_DIR L ...      # collision probability: own value vs
+                                                                       # distractors, at length L
+
 VARIANT (comma-separated, or "none"):
   nonorm    YOSO: no per-head L2 normalisation of the attention output
   rownorm   YOSO-E: divide each output row by its total weight (as softmax does) instead of L2-normalising it
@@ -26,11 +31,14 @@ VARIANT (comma-separated, or "none"):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +46,7 @@ from yoso_attention import YosoForTokenClassification
 from yoso_attention.cli import main
 from yoso_attention.data import mqar
 from yoso_attention.models.yoso import layers_yoso
+from yoso_attention.models.yoso.convert import extend_checkpoint
 from yoso_attention.ops.reference import expectation_matrix
 from yoso_attention.training import loop, softmax
 from yoso_attention.training.args import TrainArgs
@@ -162,13 +171,26 @@ def print_norms(run_dirs: list[str]) -> None:
             print(f"{run.name} {label}: " + "; ".join(norms))
 
 
-def _load_run(run: Path):
-    """(trained model, 32 eval sequences, training arguments) of a run directory."""
-    model = YosoForTokenClassification.from_pretrained(run / "last").eval()
+def _load_model(model_dir: Path):
+    model = YosoForTokenClassification.from_pretrained(model_dir).eval()
     if getattr(model.config, "attention_kind", None) == "softmax":
         softmax.use_softmax_attention(model)
+    return model
+
+
+def _load_run(run: Path):
+    """(trained model, 32 eval sequences, training arguments) of a run directory."""
     args = TrainArgs(**json.loads((run / "args.json").read_text()))
-    return model, load_splits(args)[0]["eval"].collate(list(range(32)))[0], args
+    return _load_model(run / "last"), load_splits(args)[0]["eval"].collate(list(range(32)))[0], args
+
+
+def _query_accuracy(model, ids: torch.Tensor, args: TrainArgs) -> float:
+    labels = torch.from_numpy(mqar.labels(ids.numpy(), args.mqar_pairs, mqar_spec(args).first_value))
+    picked = labels != -100
+    torch.manual_seed(0)
+    with torch.no_grad():  # 8 sequences at a time: YOSO-E's (n, n) matrices at 4096+ tokens
+        predicted = torch.cat([model(input_ids=chunk).logits.argmax(-1) for chunk in ids.split(8)])
+    return (predicted[picked] == labels[picked]).float().mean().item()
 
 
 def attention_maps(model, ids) -> list[torch.Tensor]:
@@ -217,25 +239,71 @@ def print_sampling_accuracy(run_dir: str, num_hashes: list[int]) -> None:
     """Query accuracy of a run's last checkpoint on 32 eval sequences in YOSO-E and sampled with each number of
     hashes (the run's own hash and tau; one draw, seed 0)."""
     model, ids, args = _load_run(Path(run_dir))
-    first_value = mqar_spec(args).first_value
-    labels = torch.from_numpy(mqar.labels(ids.numpy(), args.mqar_pairs, first_value))
-    picked = labels != -100
     for num_hash in [None, *num_hashes]:
         model.config.use_expectation = num_hash is None
         model.config.num_hash = num_hash or model.config.num_hash
-        torch.manual_seed(0)
-        with torch.no_grad():
-            predicted = model(input_ids=ids).logits.argmax(-1)
-        accuracy = (predicted[picked] == labels[picked]).float().mean()
+        accuracy = _query_accuracy(model, ids, args)
         print(f"{Path(run_dir).name} {'YOSO-E' if num_hash is None else f'sampled, m = {num_hash}'}: {accuracy:.3f}")
+
+
+def _at_length(run: Path, length: int, num_sequences: int):
+    """(the run's last checkpoint with positions repeated to ``length``, as `yoso extend` does; fresh sequences
+    of that length with the run's pairs and vocabulary; the run's arguments at that length)."""
+    args = dataclasses.replace(TrainArgs(**json.loads((run / "args.json").read_text())), max_length=length)
+    with tempfile.TemporaryDirectory() as tmp:
+        extend_checkpoint(run / "last", Path(tmp) / "model", length)
+        model = _load_model(Path(tmp) / "model")
+    ids = torch.from_numpy(mqar.generate(mqar_spec(args, num_sequences, seed=99)).astype(np.int64))
+    return model, ids, args
+
+
+def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int]) -> None:
+    """Query accuracy of a run's last checkpoint, not trained at the new length, on 64 fresh sequences of each
+    length, in the run's attention; with --hashes, sampled with each of those numbers of hashes too."""
+    for length in lengths:
+        model, ids, args = _at_length(Path(run_dir), length, 64)
+        results = [f"{_query_accuracy(model, ids, args):.3f}"]
+        for num_hash in num_hashes:
+            model.config.num_hash = num_hash
+            results.append(f"m = {num_hash}: {_query_accuracy(model, ids, args):.3f}")
+        print(f"{Path(run_dir).name} at {length} tokens: " + ", ".join(results))
+
+
+def print_collision_mass(run_dir: str, lengths: list[int]) -> None:
+    """Per query of the last layer, mean over 4 sequences and the heads: the collision probability of its key's
+    value (p_own, one hash), the summed probability of every other position (distractor mass D: expected
+    colliding distractors per hash; the part on the other pairs' values, the confusable ones), and with the run's m hashes the chance that the own value collides under
+    none (a miss, (1 - p_own)^m) and the expected number of distractor collisions (m * D)."""
+    for length in lengths:
+        model, ids, args = _at_length(Path(run_dir), length, 4)
+        first_value = mqar_spec(args).first_value
+        rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
+        batch, query, key = map(torch.tensor, zip(*rows))
+        with torch.no_grad():
+            hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states
+            attn = model.yoso.encoder.layer[-1].attention.self
+            q, k = (attn._split_heads(f(hidden[-2])) for f in (attn.query, attn.key))  # (batch, heads, n, d)
+            probs = expectation_matrix(q, k, hash_code_len=model.config.hash_code_len)[batch, :, query]  # (Q, h, n)
+        own = probs.gather(2, (key + 1)[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)  # (Q, heads)
+        distractors = probs.sum(2) - own
+        other_values = (probs * (ids[batch] >= first_value)[:, None, :]).sum(2) - own
+        m = model.config.num_hash
+        print(f"{Path(run_dir).name} at {length} tokens, last layer: p_own {own.mean():.3f}, D {distractors.mean():.3f} "
+              f"(other values {other_values.mean():.3f}), miss with m = {m}: {((1 - own) ** m).mean():.4f}, "
+              f"distractor collisions m*D {m * distractors.mean():.1f}")
 
 
 if __name__ == "__main__":
     if sys.argv[1] in ("--norms", "--shares"):
         (print_norms if sys.argv[1] == "--norms" else print_shares)(sys.argv[2:])
         sys.exit(0)
-    if sys.argv[1] == "--sampling":
-        print_sampling_accuracy(sys.argv[2], [int(m) for m in sys.argv[3:]])
+    if sys.argv[1] in ("--sampling", "--mass"):
+        (print_sampling_accuracy if sys.argv[1] == "--sampling" else print_collision_mass)(
+            sys.argv[2], [int(n) for n in sys.argv[3:]])  # fmt: skip
+        sys.exit(0)
+    if sys.argv[1] == "--lengths":
+        lengths, _, hashes = " ".join(sys.argv[3:]).partition("--hashes")
+        print_length_accuracy(sys.argv[2], [int(n) for n in lengths.split()], [int(m) for m in hashes.split()])
         sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()

@@ -188,3 +188,31 @@ def test_qk_weight_decay_puts_the_query_and_key_projections_in_their_own_group()
     assert len(rest["params"]) + len(qk["params"]) == len(list(model.parameters()))
     with pytest.raises(ValueError, match="--weight-decay and --qk-weight-decay must be >= 0"):
         parse("--qk-weight-decay", "-1").validate()
+
+
+def test_init_from_a_shorter_model_repeats_its_trained_positions(tmp_path, capsys):
+    import torch
+
+    from yoso_attention.training.loop import build_model
+
+    short = build_model(parse("--max-length", "48"), vocab_size=20, pad_id=0, num_classes=10)
+    short.save_pretrained(tmp_path / "m")
+    rows = short.yoso.embeddings.position_embeddings.weight.detach()  # (2 + 48, h): two padding rows first
+    long = build_model(parse("--max-length", "100", "--init-from", str(tmp_path / "m"), "--repeat-positions"),
+                       vocab_size=20, pad_id=0, num_classes=10)  # fmt: skip
+    table = long.yoso.embeddings.position_embeddings.weight.detach()  # (2 + 100, h)
+    assert long.config.max_position_embeddings == 100 and table.shape == (102, rows.shape[1])
+    expected = torch.cat([rows[:2], rows[2:].repeat(3, 1)[:100]])
+    torch.testing.assert_close(table, expected, rtol=0, atol=0)
+    assert "48 -> 100 positions" in capsys.readouterr().err
+    same = build_model(parse("--max-length", "40", "--init-from", str(tmp_path / "m"), "--repeat-positions"),
+                       vocab_size=20, pad_id=0, num_classes=10)  # fmt: skip
+    assert same.config.max_position_embeddings == 48  # a shorter run keeps the model's positions
+    with pytest.raises(ValueError, match="exceeds the 48 positions .* add --repeat-positions"):
+        build_model(parse("--max-length", "100", "--init-from", str(tmp_path / "m")), vocab_size=20, pad_id=0,
+                    num_classes=10)  # fmt: skip
+
+
+def test_repeat_positions_needs_init_from():
+    with pytest.raises(ValueError, match="--repeat-positions lengthens an --init-from model; got no --init-from"):
+        parse("--repeat-positions").validate()

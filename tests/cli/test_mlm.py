@@ -94,12 +94,15 @@ def test_tokenizer_without_mask_token_is_rejected(tmp_path, capsys):
     assert "has no mask token" in capsys.readouterr().err
 
 
-def test_max_length_beyond_the_model_needs_extend(tmp_path, capsys):
+def test_max_length_beyond_the_model_needs_repeat_positions_or_extend(tmp_path, capsys):
     assert main(mlm_args(tmp_path, out="short", steps=1)) == 0
-    assert main([*mlm_args(tmp_path, out="long", steps=1), "--max-length", "96", "--init-from",
-                 str(tmp_path / "short" / "last")]) == 2  # fmt: skip
+    longer = [*mlm_args(tmp_path, out="long", steps=1), "--max-length", "96", "--init-from", str(tmp_path / "short" / "last")]
+    assert main(longer) == 2
     err = capsys.readouterr().err
-    assert "exceeds the 48 positions" in err and "yoso extend" in err
+    assert "exceeds the 48 positions" in err and "--repeat-positions" in err and "yoso extend" in err
+    assert main([*longer, "--repeat-positions"]) == 0
+    assert "48 -> 96 positions" in capsys.readouterr().err
+    assert json.loads((tmp_path / "long" / "last" / "config.json").read_text())["max_position_embeddings"] == 96
 
 
 def test_hub_id_fails_at_once_offline(tmp_path, capsys, monkeypatch):

@@ -68,6 +68,9 @@ class TrainArgs:
     # model
     init_from: str | None = _arg(None, "start from this saved model directory (a hub id only if already in the "
                                  "local cache) instead of a fresh model")  # fmt: skip
+    repeat_positions: bool = _arg(False, "with --init-from: a YOSO model with fewer positions than --max-length gets "
+                                  "its trained position rows repeated up to it, as yoso extend does (to continue "
+                                  "a run at a longer length; without this flag that is an error)")  # fmt: skip
     hidden_size: int = _arg(64, "model width")
     num_layers: int = _arg(2, "number of transformer layers")
     num_heads: int = _arg(4, "attention heads per layer (must divide --hidden-size)")
@@ -135,6 +138,8 @@ class TrainArgs:
         if self.hash == "fast" and padded_dim(self.hidden_size // self.num_heads) < self.hash_code_len:
             raise ValueError(f"--hash fast needs the head dim ({self.hidden_size // self.num_heads}, padded to a power of "
                              f"two) >= --hash-code-len {self.hash_code_len}; use --hash gaussian")  # fmt: skip
+        if self.repeat_positions and not self.init_from:
+            raise ValueError("--repeat-positions lengthens an --init-from model; got no --init-from")
         if self.task == "mqar":
             from .data import mqar_spec
 
@@ -206,7 +211,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
                       "min_length", "max_depth", "max_args", "leaf_prob", "mqar_pairs", "mqar_vocab_size",
                       "mqar_power_a", "mqar_filler", "train_file", "eval_file", "test_file", "text_column",
                       "label_column", "tokenizer", "num_classes", "label_names", "cache_dir"),
-    "model": ("init_from", "hidden_size", "num_layers", "num_heads", "intermediate_size", "conv_window", "pooling",
+    "model": ("init_from", "repeat_positions", "hidden_size", "num_layers", "num_heads", "intermediate_size", "conv_window", "pooling",
               "dropout"),
     "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
                   "expectation_warmup_steps", "hash_code_len_start", "hash_code_len_warmup_steps"),

@@ -13,6 +13,7 @@ import math
 import random
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..heap import release_free_heap
 from ..hub import local_dir
 from ..ops.hashing import padded_dim
 from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
+from ..models.yoso.convert import extend_checkpoint
 from .args import TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from .data import MlmSplit, Split, load_splits
@@ -51,7 +53,7 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
     cls = MODEL_CLASSES.get(args.task, YosoForSequenceClassification)
     labels = {} if num_classes is None else {"num_labels": num_classes}
     if args.init_from:
-        model = cls.from_pretrained(local_dir(args.init_from, "--init-from"), **labels)
+        model = load_init_model(cls, args, labels)
         check_fits(model.config, args, vocab_size)
     else:
         config = YosoConfig(
@@ -73,6 +75,22 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
     if getattr(model.config, "attention_kind", None) == "softmax":
         use_softmax_attention(model)
     return model
+
+
+def load_init_model(cls, args: TrainArgs, labels: dict):
+    """The model in --init-from; with --repeat-positions a YOSO model with fewer positions than --max-length is
+    lengthened on the way in as `yoso extend` does (its trained position rows repeated; every other weight
+    unchanged), so that a run can continue at a longer length than the one it started from."""
+    source = local_dir(args.init_from, "--init-from")
+    config_path = source / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    positions = config.get("max_position_embeddings", args.max_length)
+    if not args.repeat_positions or config.get("model_type") != "yoso" or positions >= args.max_length:
+        return cls.from_pretrained(source, **labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        note = extend_checkpoint(source, Path(tmp) / "model", args.max_length)
+        print(f"--init-from: {note.split(': ', 1)[1]}", file=sys.stderr)
+        return cls.from_pretrained(Path(tmp) / "model", **labels)
 
 
 def use_fast_hash(args: TrainArgs) -> bool:
@@ -116,7 +134,8 @@ def check_fits(config: YosoConfig, args: TrainArgs, vocab_size: int) -> None:
     if args.max_length > config.max_position_embeddings:
         raise ValueError(
             f"--max-length {args.max_length} exceeds the {config.max_position_embeddings} positions of the model in "
-            f"{args.init_from}; lengthen it first: yoso extend {args.init_from} DST --max-length {args.max_length}"
+            f"{args.init_from}; add --repeat-positions to repeat its trained positions up to the new length (or write "
+            f"a lengthened copy: yoso extend {args.init_from} DST --max-length {args.max_length})"
         )
     if vocab_size > config.vocab_size:
         raise ValueError(f"the tokenizer has {vocab_size} ids but the model in {args.init_from} only "
@@ -264,10 +283,11 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
     model.train()
     set_attention_for_step(model, args, step)
     train_split, eval_baselines = splits["train"], splits["eval"].baselines()
-    tokens, start = 0, time.perf_counter()
+    tokens, train_seconds = 0, 0.0  # tokens/s counts training steps only, not evaluations and checkpoints
     bar = tqdm(total=args.max_steps, initial=step, disable=rank != 0, desc=f"train {args.attention}", unit="step")
     try:
         while step < args.max_steps:
+            start = time.perf_counter()
             batch = train_split.batch_at(step, args.batch_size, args.seed, rank, world)
             input_ids, mask, labels = (t.to(device) for t in batch)
             loss = ddp_model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
@@ -280,9 +300,10 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
             if args.trim_memory_every and step % args.trim_memory_every == 0:
                 release_free_heap()
             set_attention_for_step(model, args, step)
-            tokens += int(mask.sum()) * world
-            rate = tokens / (time.perf_counter() - start)
             loss = global_mean(loss.detach(), world)
+            tokens += int(mask.sum()) * world
+            train_seconds += time.perf_counter() - start
+            rate = tokens / train_seconds
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{rate:.0f}")
             if log:
@@ -309,7 +330,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
         **({"best_eval_loss": -best} if args.task == "mlm" else {"best_eval_accuracy": best}),
         **{f"test_{name}": value for name, value in test.items()},
         **{f"{name}_baseline": rate for name, rate in splits["test"].baselines().items()},
-        "tokens_per_second": tokens / max(1e-9, time.perf_counter() - start),
+        "tokens_per_second": tokens / max(1e-9, train_seconds),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "world_size": world,
     }
