@@ -10,8 +10,8 @@ softmax attention.
 
     .venv/bin/python benchmarks/mqar_diagnosis.py --sampling RUN_DIR M ...  # query accuracy: YOSO-E, sampling with M
 
-    .venv/bin/python benchmarks/mqar_diagnosis.py --lengths RUN_DIR L ... [--hashes M ...]  # query accuracy at
-                                                                       # length L (positions repeated), sampling with M
+    .venv/bin/python benchmarks/mqar_diagnosis.py --lengths RUN_DIR L ... [--hashes M ...] [--pairs P ...]
+                                    # query accuracy at length L (positions repeated), sampling with M, P pairs
     .venv/bin/python benchmarks/mqar_diagnosis.py --mass RUN_DIR L ...      # collision probability: own value vs
                                                                        # distractors, at length L
 
@@ -246,10 +246,11 @@ def print_sampling_accuracy(run_dir: str, num_hashes: list[int]) -> None:
         print(f"{Path(run_dir).name} {'YOSO-E' if num_hash is None else f'sampled, m = {num_hash}'}: {accuracy:.3f}")
 
 
-def _at_length(run: Path, length: int, num_sequences: int):
+def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None = None):
     """(the run's last checkpoint with positions repeated to ``length``, as `yoso extend` does; fresh sequences
-    of that length with the run's pairs and vocabulary; the run's arguments at that length)."""
-    args = dataclasses.replace(TrainArgs(**json.loads((run / "args.json").read_text())), max_length=length)
+    of that length with the run's vocabulary and pairs, or ``num_pairs``; the run's arguments at that length)."""
+    args = TrainArgs(**json.loads((run / "args.json").read_text()))
+    args = dataclasses.replace(args, max_length=length, mqar_pairs=num_pairs or args.mqar_pairs)
     with tempfile.TemporaryDirectory() as tmp:
         extend_checkpoint(run / "last", Path(tmp) / "model", length)
         model = _load_model(Path(tmp) / "model")
@@ -257,16 +258,18 @@ def _at_length(run: Path, length: int, num_sequences: int):
     return model, ids, args
 
 
-def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int]) -> None:
+def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int], pairs: list[int]) -> None:
     """Query accuracy of a run's last checkpoint, not trained at the new length, on 64 fresh sequences of each
-    length, in the run's attention; with --hashes, sampled with each of those numbers of hashes too."""
+    length, in the run's attention; with --hashes, sampled with each of those numbers of hashes too; with --pairs,
+    with each of those numbers of pairs instead of the run's."""
     for length in lengths:
-        model, ids, args = _at_length(Path(run_dir), length, 64)
-        results = [f"{_query_accuracy(model, ids, args):.3f}"]
-        for num_hash in num_hashes:
-            model.config.num_hash = num_hash
-            results.append(f"m = {num_hash}: {_query_accuracy(model, ids, args):.3f}")
-        print(f"{Path(run_dir).name} at {length} tokens: " + ", ".join(results))
+        for num_pairs in pairs or [None]:
+            model, ids, args = _at_length(Path(run_dir), length, 64, num_pairs)
+            results = [f"{_query_accuracy(model, ids, args):.3f}"]
+            for num_hash in num_hashes:
+                model.config.num_hash = num_hash
+                results.append(f"m = {num_hash}: {_query_accuracy(model, ids, args):.3f}")
+            print(f"{Path(run_dir).name} at {length} tokens, {args.mqar_pairs} pairs: " + ", ".join(results))
 
 
 def print_collision_mass(run_dir: str, lengths: list[int]) -> None:
@@ -302,8 +305,12 @@ if __name__ == "__main__":
             sys.argv[2], [int(n) for n in sys.argv[3:]])  # fmt: skip
         sys.exit(0)
     if sys.argv[1] == "--lengths":
-        lengths, _, hashes = " ".join(sys.argv[3:]).partition("--hashes")
-        print_length_accuracy(sys.argv[2], [int(n) for n in lengths.split()], [int(m) for m in hashes.split()])
+        lists = {"": [], "--hashes": [], "--pairs": []}
+        current = ""
+        for word in sys.argv[3:]:
+            current = word if word in lists else current
+            lists[current] += [] if word in lists else [int(word)]
+        print_length_accuracy(sys.argv[2], lists[""], lists["--hashes"], lists["--pairs"])
         sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()
