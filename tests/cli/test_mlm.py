@@ -96,7 +96,8 @@ def test_tokenizer_without_mask_token_is_rejected(tmp_path, capsys):
 
 def test_max_length_beyond_the_model_needs_repeat_positions_or_extend(tmp_path, capsys):
     assert main(mlm_args(tmp_path, out="short", steps=1)) == 0
-    longer = [*mlm_args(tmp_path, out="long", steps=1), "--max-length", "96", "--init-from", str(tmp_path / "short" / "last")]
+    longer = [*mlm_args(tmp_path, out="long", steps=1), "--max-length", "96", "--init-from",
+              str(tmp_path / "short" / "last")]  # fmt: skip
     assert main(longer) == 2
     err = capsys.readouterr().err
     assert "exceeds the 48 positions" in err and "--repeat-positions" in err and "yoso extend" in err

@@ -88,8 +88,9 @@ def load_init_model(cls, args: TrainArgs, labels: dict):
     if not args.repeat_positions or config.get("model_type") != "yoso" or positions >= args.max_length:
         return cls.from_pretrained(source, **labels)
     with tempfile.TemporaryDirectory() as tmp:
-        note = extend_checkpoint(source, Path(tmp) / "model", args.max_length)
-        print(f"--init-from: {note.split(': ', 1)[1]}", file=sys.stderr)
+        extend_checkpoint(source, Path(tmp) / "model", args.max_length)
+        print(f"--init-from: {positions} -> {args.max_length} positions (--repeat-positions: the trained rows "
+              "repeated, every other weight unchanged)", file=sys.stderr)  # fmt: skip
         return cls.from_pretrained(Path(tmp) / "model", **labels)
 
 
