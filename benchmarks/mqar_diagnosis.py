@@ -178,9 +178,19 @@ def _load_model(model_dir: Path):
     return model
 
 
+def _run_args(run: Path) -> TrainArgs:
+    return TrainArgs(**json.loads((run / "args.json").read_text()))
+
+
+def _query_rows(ids: torch.Tensor, first_value: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sequence, query position, key position) of every query in ``ids``, as three (queries,) tensors."""
+    rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
+    return tuple(map(torch.tensor, zip(*rows)))
+
+
 def _load_run(run: Path):
     """(trained model, 32 eval sequences, training arguments) of a run directory."""
-    args = TrainArgs(**json.loads((run / "args.json").read_text()))
+    args = _run_args(run)
     return _load_model(run / "last"), load_splits(args)[0]["eval"].collate(list(range(32)))[0], args
 
 
@@ -216,8 +226,7 @@ def print_shares(run_dirs: list[str]) -> None:
     for run in map(Path, run_dirs):
         model, ids, args = _load_run(run)
         first_value = mqar_spec(args).first_value
-        rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
-        batch, query, key = map(torch.tensor, zip(*rows))
+        batch, query, key = _query_rows(ids, first_value)
         is_value = ids >= first_value  # (batch, n)
         for i, weights in enumerate(attention_maps(model, ids)):
             for h in range(weights.shape[1]):
@@ -249,7 +258,7 @@ def print_sampling_accuracy(run_dir: str, num_hashes: list[int]) -> None:
 def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None = None):
     """(the run's last checkpoint with positions repeated to ``length``, as `yoso extend` does; fresh sequences
     of that length with the run's vocabulary and pairs, or ``num_pairs``; the run's arguments at that length)."""
-    args = TrainArgs(**json.loads((run / "args.json").read_text()))
+    args = _run_args(run)
     args = dataclasses.replace(args, max_length=length, mqar_pairs=num_pairs or args.mqar_pairs)
     with tempfile.TemporaryDirectory() as tmp:
         extend_checkpoint(run / "last", Path(tmp) / "model", length)
@@ -275,13 +284,14 @@ def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int
 def print_collision_mass(run_dir: str, lengths: list[int]) -> None:
     """Per query of the last layer, mean over 4 sequences and the heads: the collision probability of its key's
     value (p_own, one hash), the summed probability of every other position (distractor mass D: expected
-    colliding distractors per hash; the part on the other pairs' values, the confusable ones), and with the run's m hashes the chance that the own value collides under
-    none (a miss, (1 - p_own)^m) and the expected number of distractor collisions (m * D)."""
+    colliding distractors per hash; the part on the other pairs' values, the confusable ones), and with the run's
+    m hashes the chance that the own value collides under none (a miss, (1 - p_own)^m) and the expected number of
+    distractor collisions (m * D)."""
     for length in lengths:
         model, ids, args = _at_length(Path(run_dir), length, 4)
         first_value = mqar_spec(args).first_value
-        rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
-        batch, query, key = map(torch.tensor, zip(*rows))
+        batch, query, key = _query_rows(ids, first_value)
+        torch.manual_seed(0)  # the earlier layers of a sampled model draw hashes
         with torch.no_grad():
             hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states
             attn = model.yoso.encoder.layer[-1].attention.self
