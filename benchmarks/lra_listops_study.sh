@@ -8,6 +8,8 @@
 #   nohup benchmarks/lra_listops_study.sh > runs/lra-study.log 2>&1 &
 # Variants through the environment: OUT (results directory), STEPS (training steps, 600), RUNS (attention:seed
 # list), EXTRA (more `yoso train` flags), e.g. the longer budget:
+# yoso runs get yoso train's default tau schedule (2 -> --hash-code-len over a quarter of the steps, Gaussian
+# hash); the study's earlier fixed-tau yoso rows reproduce with EXTRA="--hash-code-len-warmup-steps 0 ...".
 #   OUT=runs/lra-study-1200 STEPS=1200 RUNS="softmax:0 yoso:0 softmax:1 yoso:1 softmax:2 yoso:2" \
 #       nohup benchmarks/lra_listops_study.sh > runs/lra-study-1200.log 2>&1 &
 set -euo pipefail

@@ -11,9 +11,11 @@ softmax attention.
     .venv/bin/python benchmarks/mqar_diagnosis.py --sampling RUN_DIR M ...  # query accuracy: YOSO-E, sampling with M
 
     .venv/bin/python benchmarks/mqar_diagnosis.py --lengths RUN_DIR L ... [--hashes M ...] [--pairs P ...]
-                                    # query accuracy at length L (positions repeated), sampling with M, P pairs
-    .venv/bin/python benchmarks/mqar_diagnosis.py --mass RUN_DIR L ...      # collision probability: own value vs
-                                                                       # distractors, at length L
+                                    [--taus T ...] [--random-filler]
+                                    # query accuracy at length L (positions repeated), sampling with M, P pairs, tau T
+    .venv/bin/python benchmarks/mqar_diagnosis.py --mass RUN_DIR L ... [--random-filler]
+                                    # collision probability: own value vs distractors, at length L
+    --random-filler: the sequences' filler is random keys and values (--mqar-filler random), whatever the run trained on
 
 VARIANT (comma-separated, or "none"):
   nonorm    YOSO: no per-head L2 normalisation of the attention output
@@ -255,11 +257,13 @@ def print_sampling_accuracy(run_dir: str, num_hashes: list[int]) -> None:
         print(f"{Path(run_dir).name} {'YOSO-E' if num_hash is None else f'sampled, m = {num_hash}'}: {accuracy:.3f}")
 
 
-def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None = None):
+def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None = None, filler: str | None = None):
     """(the run's last checkpoint with positions repeated to ``length``, as `yoso extend` does; fresh sequences
-    of that length with the run's vocabulary and pairs, or ``num_pairs``; the run's arguments at that length)."""
+    of that length with the run's vocabulary and pairs, or ``num_pairs``, and its filler or ``filler``; the run's
+    arguments at that length)."""
     args = _run_args(run)
-    args = dataclasses.replace(args, max_length=length, mqar_pairs=num_pairs or args.mqar_pairs)
+    args = dataclasses.replace(args, max_length=length, mqar_pairs=num_pairs or args.mqar_pairs,
+                               mqar_filler=filler or args.mqar_filler)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         extend_checkpoint(run / "last", Path(tmp) / "model", length)
         model = _load_model(Path(tmp) / "model")
@@ -267,28 +271,34 @@ def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None
     return model, ids, args
 
 
-def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int], pairs: list[int]) -> None:
+def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int], pairs: list[int],
+                          taus: list[int], filler: str | None) -> None:
     """Query accuracy of a run's last checkpoint, not trained at the new length, on 64 fresh sequences of each
     length, in the run's attention; with --hashes, sampled with each of those numbers of hashes too; with --pairs,
-    with each of those numbers of pairs instead of the run's."""
+    with each of those numbers of pairs instead of the run's; with --taus, at each of those tau instead of the
+    run's (YOSO only)."""
     for length in lengths:
         for num_pairs in pairs or [None]:
-            model, ids, args = _at_length(Path(run_dir), length, 64, num_pairs)
-            results = [f"{_query_accuracy(model, ids, args):.3f}"]
-            for num_hash in num_hashes:
-                model.config.num_hash = num_hash
-                results.append(f"m = {num_hash}: {_query_accuracy(model, ids, args):.3f}")
-            print(f"{Path(run_dir).name} at {length} tokens, {args.mqar_pairs} pairs: " + ", ".join(results))
+            model, ids, args = _at_length(Path(run_dir), length, 64, num_pairs, filler)
+            for tau in taus or [None]:
+                model.config.hash_code_len = tau or model.config.hash_code_len
+                results = [f"{_query_accuracy(model, ids, args):.3f}"]
+                for num_hash in num_hashes:
+                    model.config.num_hash = num_hash
+                    results.append(f"m = {num_hash}: {_query_accuracy(model, ids, args):.3f}")
+                at_tau = f", tau {tau}" if tau else ""
+                print(f"{Path(run_dir).name} at {length} tokens, {args.mqar_pairs} pairs, {args.mqar_filler} filler"
+                      f"{at_tau}: " + ", ".join(results))
 
 
-def print_collision_mass(run_dir: str, lengths: list[int]) -> None:
+def print_collision_mass(run_dir: str, lengths: list[int], filler: str | None = None) -> None:
     """Per query of the last layer, mean over 4 sequences and the heads: the collision probability of its key's
     value (p_own, one hash), the summed probability of every other position (distractor mass D: expected
     colliding distractors per hash; the part on the other pairs' values, the confusable ones), and with the run's
     m hashes the chance that the own value collides under none (a miss, (1 - p_own)^m) and the expected number of
     distractor collisions (m * D)."""
     for length in lengths:
-        model, ids, args = _at_length(Path(run_dir), length, 4)
+        model, ids, args = _at_length(Path(run_dir), length, 4, filler=filler)
         first_value = mqar_spec(args).first_value
         batch, query, key = _query_rows(ids, first_value)
         torch.manual_seed(0)  # the earlier layers of a sampled model draw hashes
@@ -307,20 +317,24 @@ def print_collision_mass(run_dir: str, lengths: list[int]) -> None:
 
 
 if __name__ == "__main__":
+    filler = "random" if "--random-filler" in sys.argv else None
+    sys.argv = [word for word in sys.argv if word != "--random-filler"]
     if sys.argv[1] in ("--norms", "--shares"):
         (print_norms if sys.argv[1] == "--norms" else print_shares)(sys.argv[2:])
         sys.exit(0)
-    if sys.argv[1] in ("--sampling", "--mass"):
-        (print_sampling_accuracy if sys.argv[1] == "--sampling" else print_collision_mass)(
-            sys.argv[2], [int(n) for n in sys.argv[3:]])  # fmt: skip
+    if sys.argv[1] == "--sampling":
+        print_sampling_accuracy(sys.argv[2], [int(n) for n in sys.argv[3:]])
+        sys.exit(0)
+    if sys.argv[1] == "--mass":
+        print_collision_mass(sys.argv[2], [int(n) for n in sys.argv[3:]], filler)
         sys.exit(0)
     if sys.argv[1] == "--lengths":
-        lists = {"": [], "--hashes": [], "--pairs": []}
+        lists = {"": [], "--hashes": [], "--pairs": [], "--taus": []}
         current = ""
         for word in sys.argv[3:]:
             current = word if word in lists else current
             lists[current] += [] if word in lists else [int(word)]
-        print_length_accuracy(sys.argv[2], lists[""], lists["--hashes"], lists["--pairs"])
+        print_length_accuracy(sys.argv[2], lists[""], lists["--hashes"], lists["--pairs"], lists["--taus"], filler)
         sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()

@@ -5,6 +5,8 @@
 # Variants through the environment: OUT (results directory), LENGTH (tokens, 128), PAIRS (8), VOCAB (256),
 # STEPS (1200), RUNS (attention:seed list), EXTRA (more `yoso train` flags, e.g. "--hash-code-len 8"), INIT (a
 # study directory whose runs these continue, e.g. at a longer LENGTH: positions are repeated, as yoso extend does).
+# yoso runs get yoso train's default tau schedule (2 -> --hash-code-len over a quarter of the steps, Gaussian
+# hash); the study's earlier fixed-tau yoso rows reproduce with EXTRA="--hash-code-len-warmup-steps 0 ...".
 # Recipe, from short softmax trials at 128 tokens and 8 pairs (docs/studies.md): width 64, 2 layers of 2 heads, no dropout,
 # a width-3 convolution over the values for every attention (a key's value is its right neighbour), lr 3e-3;
 # a vocabulary of 8192 (Zoology's) stayed at 1/4095 for 600 steps, without the convolution or at lr 1e-3 softmax

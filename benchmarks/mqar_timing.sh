@@ -8,7 +8,7 @@ out=${1:-runs/mqar-timing}
 mkdir -p "$out"
 for length in 1024 2048 4096; do
     batch=$((32768 / length))
-    for attention in "softmax" "yoso --num-hash 32 --hash gaussian" "yoso-e"; do
+    for attention in "softmax" "yoso --num-hash 32 --hash gaussian --hash-code-len-warmup-steps 0" "yoso-e"; do
         name=${attention%% *}-$length
         read -ra flags <<< "$attention"
         yoso train --preset mqar --max-length "$length" --batch-size "$batch" --attention "${flags[@]}" --max-steps 20 \

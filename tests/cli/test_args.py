@@ -100,7 +100,7 @@ def test_hash_code_len_schedule_is_linear_rounded_and_checked():
     args = parse("--hash-code-len", "8", "--hash-code-len-start", "2", "--hash-code-len-warmup-steps", "600")
     args.validate()
     assert [hash_code_len_at(args, step) for step in (0, 100, 150, 300, 599, 600, 5000)] == [2, 3, 4, 5, 8, 8, 8]
-    assert parse().hash_code_len_start is None and parse().hash_code_len_warmup_steps == 0
+    assert parse("--attention", "yoso-e").hash_code_len_start is None
     bad = [({"hash_code_len_start": 2}, "needs both --hash-code-len-start and --hash-code-len-warmup-steps > 0, "
                                         "got 2 and 0"),
            ({"hash_code_len_warmup_steps": 5}, "got None and 5"),
@@ -115,6 +115,28 @@ def test_hash_code_len_schedule_is_linear_rounded_and_checked():
     for values, message in bad:
         with pytest.raises(ValueError, match=message):
             resolve_args(values).validate()
+
+
+def test_sampled_yoso_from_its_initialisation_gets_the_tau_schedule_and_the_gaussian_hash(capsys):
+    def recipe(args):
+        return args.hash_code_len_start, args.hash_code_len_warmup_steps, args.hash
+
+    assert recipe(parse()) == (2, 300, "gaussian")  # a quarter of the default 1200 steps
+    assert "tau 2 -> 6 over the first 300 steps, --hash gaussian" in capsys.readouterr().err
+    listops_study = parse("--preset", "lra-listops", "--max-steps", "600")
+    assert recipe(listops_study) == (2, 150, "gaussian") and listops_study.hash_code_len == 11
+    assert recipe(parse("--preset", "mqar", "--attention", "yoso", "--max-steps", "3000")) == (2, 750, "gaussian")
+    assert recipe(parse("--hash", "fast")) == (2, 300, "fast")  # an explicit hash is kept
+    assert recipe(parse("--max-steps", "3")) == (2, 1, "gaussian")
+    parse("--max-steps", "3").validate()
+    kept = [("--hash-code-len-warmup-steps", "0"), ("--hash-code-len-start", "3", "--hash-code-len-warmup-steps", "9"),
+            ("--expectation-warmup-steps", "200"), ("--attention", "yoso-e"), ("--attention", "softmax"),
+            ("--hash-code-len", "2")]  # fmt: skip
+    for flags in kept:
+        args = parse(*flags)
+        assert args.hash == "auto" and args.hash_code_len_start in (None, 3), flags
+        args.validate()
+    assert resolve_args({"init_from": "some/model"}).hash_code_len_start is None
 
 
 def test_recompute_hash_codes_reaches_fresh_and_loaded_models(tmp_path):

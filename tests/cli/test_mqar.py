@@ -121,7 +121,8 @@ def test_train_reports_query_and_sequence_accuracy_with_chance(attention, tmp_pa
 
 
 def test_resume_matches_an_uninterrupted_run_and_predict_prints_values(tmp_path):
-    cache = ["--cache-dir", str(tmp_path / "cache"), "--lr-schedule", "constant"]  # the same lr at step 4 of 4 or 6
+    # the same lr and tau at step 4 of 4 or 6 (the default tau schedule spans a quarter of --max-steps)
+    cache = ["--cache-dir", str(tmp_path / "cache"), "--lr-schedule", "constant", "--hash-code-len-warmup-steps", "0"]
     main(["train", *MQAR, "--max-steps", "6", "--output-dir", str(tmp_path / "full"), *cache])
     main(["train", *MQAR, "--max-steps", "4", "--output-dir", str(tmp_path / "cut"), *cache])
     main(["train", *MQAR, "--max-steps", "6", "--output-dir", str(tmp_path / "cut"), "--resume", *cache])
