@@ -87,6 +87,12 @@ def _add_extend(sub) -> None:
     p.add_argument("src", help="save_pretrained directory of a yoso, roberta or bert model")
     p.add_argument("dst", help="new directory to write (must not exist)")
     p.add_argument("--max-length", type=int, required=True, help="positions of the new model, in tokens")
+    p.add_argument("--hash-code-len", type=int, default=None,
+                   help="tau of the new YOSO model (default: the source's plus log2 of the length ratio, rounded: "
+                   "one more bit per doubling keeps the distractors' collisions where they were)")  # fmt: skip
+    p.add_argument("--num-hash", type=int, default=None,
+                   help="m of the new YOSO model (default: the source's, raised if the own key would miss under "
+                   "every hash more often than 1e-3 at the new tau)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "extend":
             from .models.yoso.convert import extend_checkpoint
 
-            print(extend_checkpoint(ns.src, ns.dst, ns.max_length))
+            print(extend_checkpoint(ns.src, ns.dst, ns.max_length, ns.hash_code_len, ns.num_hash))
             return 0
         if ns.command == "predict":
             from .predict import predict

@@ -230,9 +230,31 @@ def test_init_from_a_shorter_model_repeats_its_trained_positions(tmp_path, capsy
     same = build_model(parse("--max-length", "40", "--init-from", str(tmp_path / "m"), "--repeat-positions"),
                        vocab_size=20, pad_id=0, num_classes=10)  # fmt: skip
     assert same.config.max_position_embeddings == 48  # a shorter run keeps the model's positions
+    assert (short.config.hash_code_len, long.config.hash_code_len, same.config.hash_code_len) == (6, 7, 6)
+    assert long.config.num_hash == same.config.num_hash == 16  # the length rule: tau + log2(100 / 48), rounded
     with pytest.raises(ValueError, match="exceeds the 48 positions .* add --repeat-positions"):
         build_model(parse("--max-length", "100", "--init-from", str(tmp_path / "m")), vocab_size=20, pad_id=0,
                     num_classes=10)  # fmt: skip
+
+
+def test_init_from_keeps_the_models_hashing_unless_given_and_ignores_a_presets(tmp_path):
+    from yoso_attention.training.loop import build_model
+
+    assert (parse().num_hash, parse().hash_code_len) == (16, 6)  # a fresh model
+    model = build_model(parse("--max-length", "128", "--num-hash", "4", "--hash-code-len", "5"), vocab_size=20,
+                        pad_id=0, num_classes=10)  # fmt: skip
+    model.save_pretrained(tmp_path / "m")
+    kept = parse("--preset", "mqar", "--init-from", str(tmp_path / "m"))
+    assert (kept.num_hash, kept.hash_code_len) == (None, None)  # not the preset's tau 8
+    loaded = build_model(kept, vocab_size=20, pad_id=0, num_classes=8)
+    assert (loaded.config.num_hash, loaded.config.hash_code_len) == (4, 5)
+    given = parse("--init-from", str(tmp_path / "m"), "--max-length", "300", "--repeat-positions", "--num-hash", "8",
+                  "--hash-code-len", "7")  # fmt: skip
+    loaded = build_model(given, vocab_size=20, pad_id=0, num_classes=10)
+    assert (loaded.config.num_hash, loaded.config.hash_code_len) == (8, 7)  # given: they replace the rule's
+    with pytest.raises(ValueError, match="a tau schedule with --init-from needs --hash-code-len"):
+        parse("--init-from", str(tmp_path / "m"), "--hash-code-len-start", "2", "--hash-code-len-warmup-steps",
+              "5").validate()  # fmt: skip
 
 
 def test_repeat_positions_needs_init_from():

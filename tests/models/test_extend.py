@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import yoso_attention
 from tests.models.conftest import tiny_config
 from yoso_attention.cli import main
-from yoso_attention.models.yoso.convert import extend_checkpoint
+from yoso_attention.models.yoso.convert import extend_checkpoint, hashing_for_length
 
 SIZES = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
 
@@ -38,6 +38,33 @@ def test_yoso_checkpoint_keeps_every_weight_and_repeats_positions(tmp_path):
     loaded = yoso_attention.YosoForSequenceClassification.from_pretrained(tmp_path / "dst")
     assert loaded.config.max_position_embeddings == 40 and loaded.config.num_labels == 3
     loaded(torch.randint(3, 99, (1, 40)))
+
+
+def test_the_length_rule_adds_a_bit_of_tau_per_doubling_and_keeps_misses_rare():
+    assert hashing_for_length(8, 32, 128, 128) == hashing_for_length(8, 32, 128, 64) == (8, 32)
+    assert [hashing_for_length(8, 32, 128, n)[0] for n in (256, 512, 1024, 4096, 8192)] == [9, 10, 11, 13, 14]
+    tau, m = hashing_for_length(8, 4, 128, 4096)  # own collision 0.956^13 = 0.557 a hash: m = 4 would miss 4%
+    assert (tau, m) == (13, 9) and (1 - 0.956**13) ** m < 1e-3 < (1 - 0.956**13) ** (m - 1)
+    assert hashing_for_length(8, 32, 128, 4096, max_hash_code_len=10) == (10, 32)  # the fast hash's limit
+    assert hashing_for_length(12, 32, 128, 4096, max_hash_code_len=8)[0] == 12  # never lowered
+
+
+def test_extending_a_yoso_model_applies_the_length_rule_unless_told(tmp_path, capsys):
+    for fast in (True, False):
+        config = tiny_config(max_position_embeddings=16, hash_code_len=4, num_hash=2, use_fast_hash=fast)
+        src = _saved(yoso_attention.YosoModel(config), tmp_path / f"src-{fast}")  # head dim 8
+        assert main(["extend", str(src), str(tmp_path / f"rule-{fast}"), "--max-length", "256"]) == 0
+        assert "tau 4 -> " in capsys.readouterr().out
+        rule = json.loads((tmp_path / f"rule-{fast}" / "config.json").read_text())
+        # 16 -> 256 tokens: tau 4 + 4, capped at the head dim (8) for the fast hash either way; m for misses < 1e-3
+        assert (rule["hash_code_len"], rule["num_hash"]) == (8, 6)
+    assert main(["extend", str(src), str(tmp_path / "told"), "--max-length", "256", "--hash-code-len", "5",
+                 "--num-hash", "3"]) == 0  # fmt: skip
+    told = json.loads((tmp_path / "told" / "config.json").read_text())
+    assert (told["hash_code_len"], told["num_hash"]) == (5, 3)
+    for flag in ("--hash-code-len", "--num-hash"):
+        assert main(["extend", str(src), str(tmp_path / "bad"), "--max-length", "32", flag, "0"]) == 2
+        assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["roberta", "bert"])

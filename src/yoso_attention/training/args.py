@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from ..ops.hashing import padded_dim
 
 ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
+FRESH_NUM_HASH, FRESH_HASH_CODE_LEN = 16, 6
+HASHING_FIELDS = ("num_hash", "hash_code_len")
 TASKS = ("listops", "text", "mlm", "mqar")
 MQAR_FILLERS = ("zero", "random")
 POOLINGS = ("cls", "mean")
@@ -76,8 +78,11 @@ class TrainArgs:
     num_layers: int = _arg(2, "number of transformer layers")
     num_heads: int = _arg(4, "attention heads per layer (must divide --hidden-size)")
     intermediate_size: int = _arg(128, "feed-forward width")
-    num_hash: int = _arg(16, "YOSO sampling: hash functions per attention call (error ~ 1/sqrt)")
-    hash_code_len: int = _arg(6, "YOSO: bits per hash code tau (2**tau buckets; YOSO-E's exponent)")
+    num_hash: int | None = _arg(None, "YOSO sampling: hash functions per attention call (error ~ 1/sqrt) (default: "
+                                f"{FRESH_NUM_HASH} for a fresh model; with --init-from, the model's)")  # fmt: skip
+    hash_code_len: int | None = _arg(None, "YOSO: bits per hash code tau (2**tau buckets; YOSO-E's exponent) (default: "
+                                     f"{FRESH_HASH_CODE_LEN} for a fresh model; with --init-from, the model's, "
+                                     "raised by the length rule when --repeat-positions lengthens it)")  # fmt: skip
     conv_window: int | None = _arg(None, "odd kernel size of YOSO's depthwise convolution over values (default: none)")
     hash: str = _arg("auto", "YOSO sampling: hash functions: fast (Hadamard; orthogonal bits, a sharper kernel than "
                      "YOSO-E's), gaussian (unbiased estimate of YOSO-E) or auto (gaussian for yoso trained from its "
@@ -139,7 +144,7 @@ class TrainArgs:
         if self.max_args < 2 or self.max_depth < 1 or not 0.0 <= self.leaf_prob <= 1.0:
             raise ValueError(f"ListOps: need --max-args >= 2, --max-depth >= 1 and 0 <= --leaf-prob <= 1; got "
                              f"{self.max_args}, {self.max_depth}, {self.leaf_prob}")  # fmt: skip
-        if self.hash == "fast" and padded_dim(self.hidden_size // self.num_heads) < self.hash_code_len:
+        if self.hash == "fast" and padded_dim(self.hidden_size // self.num_heads) < (self.hash_code_len or 0):
             raise ValueError(f"--hash fast needs the head dim ({self.hidden_size // self.num_heads}, padded to a power of "
                              f"two) >= --hash-code-len {self.hash_code_len}; use --hash gaussian")  # fmt: skip
         if self.repeat_positions and not self.init_from:
@@ -177,6 +182,8 @@ class TrainArgs:
                              f"got {start} and {steps}")  # fmt: skip
         if start is None:
             return
+        if self.hash_code_len is None:
+            raise ValueError("a tau schedule with --init-from needs --hash-code-len (the tau it grows to)")
         if not 1 <= start <= self.hash_code_len:
             raise ValueError(f"--hash-code-len-start must be in [1, --hash-code-len {self.hash_code_len}], got {start}")
         if steps > self.max_steps:
@@ -231,7 +238,12 @@ def resolve_args(explicit: dict) -> TrainArgs:
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"--preset {preset!r}: expected one of {tuple(PRESETS)}")
     values = {**(PRESETS[preset] if preset else {}), **explicit}
+    if explicit.get("init_from"):  # a preset's hashing is for fresh models
+        values.update({name: explicit.get(name) for name in HASHING_FIELDS})
     args = TrainArgs(**values)
+    if not args.init_from:
+        args.num_hash = FRESH_NUM_HASH if args.num_hash is None else args.num_hash
+        args.hash_code_len = FRESH_HASH_CODE_LEN if args.hash_code_len is None else args.hash_code_len
     if sampled_from_scratch_defaults_apply(args, values):
         apply_sampled_from_scratch_defaults(args, values)
     if args.output_dir is None:

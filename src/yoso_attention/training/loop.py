@@ -28,7 +28,7 @@ from ..hub import local_dir
 from ..ops.hashing import padded_dim
 from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
 from ..models.yoso.convert import extend_checkpoint
-from .args import TrainArgs
+from .args import HASHING_FIELDS, TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from .data import MlmSplit, Split, load_splits
 from .distributed import process_group, training_device
@@ -55,6 +55,9 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
     if args.init_from:
         model = load_init_model(cls, args, labels)
         check_fits(model.config, args, vocab_size)
+        for name in HASHING_FIELDS:  # given on the command line: they replace the model's
+            if getattr(args, name) is not None:
+                setattr(model.config, name, getattr(args, name))
     else:
         config = YosoConfig(
             vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,

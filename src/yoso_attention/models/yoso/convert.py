@@ -12,6 +12,7 @@ pretraining before it is useful.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ...ops.hashing import padded_dim
+from .configuration_yoso import YosoConfig
 
 POSITION_KEY = "embeddings.position_embeddings.weight"
 FIRST_POSITION = 2  # YOSO and RoBERTa: positions start at row 2 (rows 0, 1 belong to padding); BERT: row 0
@@ -75,10 +79,36 @@ def _from_encoder(state: dict, prefix: str) -> dict[str, torch.Tensor]:
     return mapped
 
 
-def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length: int) -> str:
+# The length rule (docs/studies.md, "Where sampled yoso breaks"): a YOSO model used at r times the length it was trained
+# at meets r times the distractors; one more bit per doubling keeps their expected collisions per hash (~n 2^-tau)
+# where they were. Models trained on MQAR at 128 tokens: tau 8 -> 12 took YOSO-E from 0.48 to 0.99 at 4096 tokens.
+# Each bit lowers the own key's collision probability (~0.956 a bit in those models), so m keeps the chance of
+# missing it under every hash below MISS_RATE.
+OWN_COLLISION_PER_BIT = 0.956
+MISS_RATE = 1e-3
+DEFAULT_TAU, DEFAULT_M = YosoConfig.hash_code_len, YosoConfig.num_hash  # a config.json without them
+
+
+def hashing_for_length(hash_code_len: int, num_hash: int, old_length: int, new_length: int,
+                       max_hash_code_len: int | None = None) -> tuple[int, int]:  # fmt: skip
+    """(tau, m) for a YOSO model trained at ``old_length`` tokens and used at ``new_length``: tau + log2 of the
+    length ratio (rounded; unchanged when not longer; at most ``max_hash_code_len``, the fast hash's limit), and m
+    raised where the own key would miss under all hashes more often than MISS_RATE."""
+    if new_length <= old_length:
+        return hash_code_len, num_hash
+    tau = hash_code_len + round(math.log2(new_length / old_length))
+    tau = tau if max_hash_code_len is None else max(hash_code_len, min(tau, max_hash_code_len))
+    own = OWN_COLLISION_PER_BIT**tau
+    return tau, max(num_hash, math.ceil(math.log(MISS_RATE) / math.log1p(-own)))
+
+
+def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length: int,
+                      hash_code_len: int | None = None, num_hash: int | None = None) -> str:  # fmt: skip
     """Write ``dst``: the checkpoint in ``src`` with a position table for ``max_length`` tokens.
 
-    Returns a one-line description of what was written. ``dst`` appears complete or not at all.
+    A YOSO source's tau and m become ``hash_code_len`` and ``num_hash`` where given, else what the length rule
+    (``hashing_for_length``) gives for the longer length. Returns a one-line description of what was written.
+    ``dst`` appears complete or not at all.
     """
     src, dst = Path(src), Path(dst)
     config_path = src / "config.json"
@@ -96,8 +126,11 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
     if kind == "yoso":
         old_length, first, prefix = config["max_position_embeddings"], FIRST_POSITION, "yoso"
         key = next((k for k in state if k.endswith(POSITION_KEY)), None)
-        new_config = {**config, "max_position_embeddings": max_length}
-        note = "YOSO weights unchanged apart from the position table"
+        new_config = {**config, "max_position_embeddings": max_length, **_hashing(config, old_length, max_length,
+                                                                                  hash_code_len, num_hash)}
+        note = (f"tau {config.get('hash_code_len', DEFAULT_TAU)} -> {new_config['hash_code_len']}, m "
+                f"{config.get('num_hash', DEFAULT_M)} -> {new_config['num_hash']}; YOSO weights unchanged apart from the "
+                "position table")  # fmt: skip
     else:
         prefix = "roberta" if kind == "roberta" else "bert"
         first = FIRST_POSITION if kind == "roberta" else 0
@@ -113,6 +146,21 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
     state[key] = repeat_positions(state[key], first, old_length, max_length)
     _write_atomically(src, dst, new_config, state)
     return f"wrote {dst}: {old_length} -> {max_length} positions (source rows repeated); {note}"
+
+
+def _hashing(config: dict, old_length: int, new_length: int, hash_code_len: int | None,
+             num_hash: int | None) -> dict:  # fmt: skip
+    """The extended config's hash_code_len and num_hash: as given, else by the length rule."""
+    for flag, value in (("--hash-code-len", hash_code_len), ("--num-hash", num_hash)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    fast_limit = None
+    if config.get("use_fast_hash", True):
+        fast_limit = padded_dim(config["hidden_size"] // config["num_attention_heads"])
+    tau, m = hashing_for_length(config.get("hash_code_len", DEFAULT_TAU), config.get("num_hash", DEFAULT_M),
+                                old_length, new_length, fast_limit)  # fmt: skip
+    return {"hash_code_len": tau if hash_code_len is None else hash_code_len,
+            "num_hash": m if num_hash is None else num_hash}  # fmt: skip
 
 
 def _write_atomically(src: Path, dst: Path, config: dict, state: dict) -> None:
