@@ -265,7 +265,8 @@ def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None
     args = dataclasses.replace(args, max_length=length, mqar_pairs=num_pairs or args.mqar_pairs,
                                mqar_filler=filler or args.mqar_filler)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        extend_checkpoint(run / "last", Path(tmp) / "model", length)
+        trained = json.loads((run / "last" / "config.json").read_text())  # its tau and m, not the length rule's
+        extend_checkpoint(run / "last", Path(tmp) / "model", length, trained["hash_code_len"], trained["num_hash"])
         model = _load_model(Path(tmp) / "model")
     ids = torch.from_numpy(mqar.generate(mqar_spec(args, num_sequences, seed=99)).astype(np.int64))
     return model, ids, args
