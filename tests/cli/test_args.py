@@ -226,7 +226,8 @@ def test_init_from_a_shorter_model_repeats_its_trained_positions(tmp_path, capsy
     assert long.config.max_position_embeddings == 100 and table.shape == (102, rows.shape[1])
     expected = torch.cat([rows[:2], rows[2:].repeat(3, 1)[:100]])
     torch.testing.assert_close(table, expected, rtol=0, atol=0)
-    assert "48 -> 100 positions" in capsys.readouterr().err
+    assert "48 -> 100 positions (--repeat-positions: the trained rows repeated; tau 6 -> 7, m 16 -> 16 by the length " \
+           "rule; every other weight unchanged)" in capsys.readouterr().err
     same = build_model(parse("--max-length", "40", "--init-from", str(tmp_path / "m"), "--repeat-positions"),
                        vocab_size=20, pad_id=0, num_classes=10)  # fmt: skip
     assert same.config.max_position_embeddings == 48  # a shorter run keeps the model's positions

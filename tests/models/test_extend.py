@@ -62,6 +62,10 @@ def test_extending_a_yoso_model_applies_the_length_rule_unless_told(tmp_path, ca
                  "--num-hash", "3"]) == 0  # fmt: skip
     told = json.loads((tmp_path / "told" / "config.json").read_text())
     assert (told["hash_code_len"], told["num_hash"]) == (5, 3)
+    assert main(["extend", str(src), str(tmp_path / "tau"), "--max-length", "256", "--hash-code-len", "5"]) == 0
+    tau_only = json.loads((tmp_path / "tau" / "config.json").read_text())
+    assert (tau_only["hash_code_len"], tau_only["num_hash"]) == (5, 5)  # m for misses < 1e-3 at the tau given
+    assert (0.202**5 < 1e-3 < 0.202**4) and abs(1 - 0.956**5 - 0.202) < 1e-3
     for flag in ("--hash-code-len", "--num-hash"):
         assert main(["extend", str(src), str(tmp_path / "bad"), "--max-length", "32", flag, "0"]) == 2
         assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err

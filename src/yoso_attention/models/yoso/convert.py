@@ -98,8 +98,12 @@ def hashing_for_length(hash_code_len: int, num_hash: int, old_length: int, new_l
         return hash_code_len, num_hash
     tau = hash_code_len + round(math.log2(new_length / old_length))
     tau = tau if max_hash_code_len is None else max(hash_code_len, min(tau, max_hash_code_len))
-    own = OWN_COLLISION_PER_BIT**tau
-    return tau, max(num_hash, math.ceil(math.log(MISS_RATE) / math.log1p(-own)))
+    return tau, max(num_hash, hashes_for_misses(tau))
+
+
+def hashes_for_misses(hash_code_len: int) -> int:
+    """The fewest hashes under all of which the own key misses with probability below MISS_RATE at this tau."""
+    return math.ceil(math.log(MISS_RATE) / math.log1p(-(OWN_COLLISION_PER_BIT**hash_code_len)))
 
 
 def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length: int,
@@ -157,10 +161,11 @@ def _hashing(config: dict, old_length: int, new_length: int, hash_code_len: int 
     fast_limit = None
     if config.get("use_fast_hash", True):
         fast_limit = padded_dim(config["hidden_size"] // config["num_attention_heads"])
-    tau, m = hashing_for_length(config.get("hash_code_len", DEFAULT_TAU), config.get("num_hash", DEFAULT_M),
-                                old_length, new_length, fast_limit)  # fmt: skip
-    return {"hash_code_len": tau if hash_code_len is None else hash_code_len,
-            "num_hash": m if num_hash is None else num_hash}  # fmt: skip
+    old_tau, old_m = config.get("hash_code_len", DEFAULT_TAU), config.get("num_hash", DEFAULT_M)
+    tau, m = hashing_for_length(old_tau, old_m, old_length, new_length, fast_limit)
+    if hash_code_len is not None:  # the misses at the tau given
+        tau, m = hash_code_len, max(old_m, hashes_for_misses(hash_code_len)) if new_length > old_length else old_m
+    return {"hash_code_len": tau, "num_hash": m if num_hash is None else num_hash}
 
 
 def _write_atomically(src: Path, dst: Path, config: dict, state: dict) -> None:
