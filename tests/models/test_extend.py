@@ -53,11 +53,11 @@ def test_extending_a_yoso_model_applies_the_length_rule_unless_told(tmp_path, ca
     for fast in (True, False):
         config = tiny_config(max_position_embeddings=16, hash_code_len=4, num_hash=2, use_fast_hash=fast)
         src = _saved(yoso_attention.YosoModel(config), tmp_path / f"src-{fast}")  # head dim 8
-        assert main(["extend", str(src), str(tmp_path / f"rule-{fast}"), "--max-length", "256"]) == 0
+        assert main(["extend", str(src), str(tmp_path / f"rule-{fast}"), "--max-length", "1024"]) == 0
         assert "tau 4 -> " in capsys.readouterr().out
         rule = json.loads((tmp_path / f"rule-{fast}" / "config.json").read_text())
-        # 16 -> 256 tokens: tau 4 + 4, capped at the head dim (8) for the fast hash either way; m for misses < 1e-3
-        assert (rule["hash_code_len"], rule["num_hash"]) == (8, 6)
+        # 16 -> 1024 tokens: tau 4 + 6, capped at the head dim (8) for the fast hash; m for misses < 1e-3
+        assert (rule["hash_code_len"], rule["num_hash"]) == ((8, 6) if fast else (10, 7))
     assert main(["extend", str(src), str(tmp_path / "told"), "--max-length", "256", "--hash-code-len", "5",
                  "--num-hash", "3"]) == 0  # fmt: skip
     told = json.loads((tmp_path / "told" / "config.json").read_text())
@@ -97,7 +97,10 @@ def test_encoder_checkpoint_becomes_a_yoso_masked_lm_that_transformers_loads(tmp
     assert torch.equal(dst_state["cls.predictions.transform.dense.weight"], src_state[head])
     ids = torch.randint(3, 99, (1, 40))
     assert torch.allclose(ours(ids).logits, yoso(ids).logits, atol=1e-5)
-    assert json.loads((tmp_path / "dst" / "config.json").read_text())["model_type"] == "yoso"
+    written = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert written["model_type"] == "yoso" and "hash_code_len" not in written  # YOSO's defaults: never trained
+    assert main(["extend", str(src), str(tmp_path / "told"), "--max-length", "40", "--hash-code-len", "7"]) == 0
+    assert json.loads((tmp_path / "told" / "config.json").read_text())["hash_code_len"] == 7
 
 
 def test_bad_sources_and_existing_destination(tmp_path, capsys):

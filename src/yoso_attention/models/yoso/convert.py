@@ -126,6 +126,9 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
         raise ValueError(f"{src}: model_type {kind!r}; expected a yoso, roberta or bert checkpoint")
     if not isinstance(max_length, int) or max_length < 1:
         raise ValueError(f"--max-length must be a positive integer, got {max_length!r}")
+    for flag, value in (("--hash-code-len", hash_code_len), ("--num-hash", num_hash)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     state = load_state_dict(src)
     if kind == "yoso":
         old_length, first, prefix = config["max_position_embeddings"], FIRST_POSITION, "yoso"
@@ -143,6 +146,8 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
         key = f"yoso.{POSITION_KEY}"
         new_config = {name: config[name] for name in CONFIG_FIELDS if name in config}
         new_config.update(model_type="yoso", architectures=["YosoForMaskedLM"], max_position_embeddings=max_length)
+        given = {"hash_code_len": hash_code_len, "num_hash": num_hash}
+        new_config.update({name: value for name, value in given.items() if value is not None})
         note = (f"{kind} encoder mapped onto YosoForMaskedLM; its attention is now YOSO, so continue MLM "
                 "pretraining (yoso train --task mlm --init-from DST) before using it")  # fmt: skip
     if key is None or key not in state:
@@ -155,9 +160,6 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
 def _hashing(config: dict, old_length: int, new_length: int, hash_code_len: int | None,
              num_hash: int | None) -> dict:  # fmt: skip
     """The extended config's hash_code_len and num_hash: as given, else by the length rule."""
-    for flag, value in (("--hash-code-len", hash_code_len), ("--num-hash", num_hash)):
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
     fast_limit = None
     if config.get("use_fast_hash", True):
         fast_limit = padded_dim(config["hidden_size"] // config["num_attention_heads"])
