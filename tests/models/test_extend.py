@@ -66,6 +66,9 @@ def test_extending_a_yoso_model_applies_the_length_rule_unless_told(tmp_path, ca
     tau_only = json.loads((tmp_path / "tau" / "config.json").read_text())
     assert (tau_only["hash_code_len"], tau_only["num_hash"]) == (5, 5)  # m for misses < 1e-3 at the tau given
     assert (0.202**5 < 1e-3 < 0.202**4) and abs(1 - 0.956**5 - 0.202) < 1e-3
+    fast_src = tmp_path / "src-True"
+    assert main(["extend", str(fast_src), str(tmp_path / "bad"), "--max-length", "32", "--hash-code-len", "9"]) == 2
+    assert "--hash-code-len 9: this model hashes with the fast hash, which allows at most" in capsys.readouterr().err
     for flag in ("--hash-code-len", "--num-hash"):
         assert main(["extend", str(src), str(tmp_path / "bad"), "--max-length", "32", flag, "0"]) == 2
         assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
