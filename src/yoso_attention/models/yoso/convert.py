@@ -164,11 +164,12 @@ def _hashing(config: dict, old_length: int, new_length: int, hash_code_len: int 
     if config.get("use_fast_hash", True):
         fast_limit = padded_dim(config["hidden_size"] // config["num_attention_heads"])
     old_tau, old_m = config.get("hash_code_len", DEFAULT_TAU), config.get("num_hash", DEFAULT_M)
-    tau, m = hashing_for_length(old_tau, old_m, old_length, new_length, fast_limit)
-    if hash_code_len is not None and fast_limit is not None and hash_code_len > fast_limit:
+    if hash_code_len is None:
+        tau, m = hashing_for_length(old_tau, old_m, old_length, new_length, fast_limit)
+    elif fast_limit is not None and hash_code_len > fast_limit:
         raise ValueError(f"--hash-code-len {hash_code_len}: this model hashes with the fast hash, which allows at most "
                          f"its head dim padded to a power of two, {fast_limit}")  # fmt: skip
-    if hash_code_len is not None:  # the misses at the tau given
+    else:  # the misses at the tau given
         tau, m = hash_code_len, max(old_m, hashes_for_misses(hash_code_len)) if new_length > old_length else old_m
     return {"hash_code_len": tau, "num_hash": m if num_hash is None else num_hash}
 
