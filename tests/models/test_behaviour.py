@@ -30,6 +30,22 @@ def test_softmax_baseline_with_conv_window_uses_the_convolution_and_the_mask():
     assert model.encoder.layer[0].attention.self.conv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("window, n", [(1, 5), (3, 17), (5, 3), (7, 2)])
+def test_value_convolution_equals_the_depthwise_conv2d_forward_and_backward(window, n):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, (window, 1), padding=(window // 2, 0), groups=3, bias=False)
+    v = torch.randn(2, 3, n, 4, requires_grad=True)  # (batch, heads, n, head_dim)
+    grad = torch.randn(2, 3, n, 4)
+    ours = layers_yoso.value_convolution(v, conv.weight)
+    ours_grads = torch.autograd.grad(ours, (v, conv.weight), grad)
+    ref = conv(v)
+    ref_grads = torch.autograd.grad(ref, (v, conv.weight), grad)
+    assert rel_err(ours, ref) < 1e-6
+    for got, want in zip(ours_grads, ref_grads):
+        assert rel_err(got, want) < 1e-6
+    assert layers_yoso.value_convolution(v.detach().bfloat16(), conv.weight).dtype == torch.bfloat16  # as autocast
+
+
 def test_sampling_with_many_hashes_approaches_expectation():
     torch.manual_seed(0)
     exact = yoso_attention.YosoModel(tiny_config(hash_code_len=3)).eval()
@@ -124,7 +140,7 @@ def test_gradient_checkpointing_recomputes_with_the_same_hashes(use_expectation)
 
 @pytest.mark.parametrize("use_expectation", [True, False], ids=["expectation", "sampling"])
 def test_bf16_autocast_on_cpu(use_expectation):
-    model = yoso_attention.YosoForMaskedLM(tiny_config(use_expectation=use_expectation))
+    model = yoso_attention.YosoForMaskedLM(tiny_config(use_expectation=use_expectation, conv_window=3))
     ids = torch.randint(3, 99, (2, 12))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, labels=ids)

@@ -74,6 +74,17 @@ def test_extending_a_yoso_model_applies_the_length_rule_unless_told(tmp_path, ca
         assert f"{flag} must be a positive integer, got 0" in capsys.readouterr().err
 
 
+def test_extending_a_softmax_baseline_leaves_its_unused_hashing_alone(tmp_path):
+    from yoso_attention.training.softmax import use_softmax_attention
+
+    model = yoso_attention.YosoModel(tiny_config(max_position_embeddings=16, hash_code_len=4, num_hash=2))
+    use_softmax_attention(model)
+    note = extend_checkpoint(_saved(model, tmp_path / "src"), tmp_path / "dst", 1024)
+    config = json.loads((tmp_path / "dst" / "config.json").read_text())
+    assert (config["hash_code_len"], config["num_hash"], config["attention_kind"]) == (4, 2, "softmax")
+    assert "softmax attention" in note and "tau" not in note
+
+
 @pytest.mark.parametrize("kind", ["roberta", "bert"])
 def test_encoder_checkpoint_becomes_a_yoso_masked_lm_that_transformers_loads(tmp_path, kind):
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field, fields
 
 from ..ops.hashing import padded_dim
+from .distributed import is_first_rank
 
 ATTENTION_KINDS = ("yoso", "yoso-e", "softmax")
 FRESH_NUM_HASH, FRESH_HASH_CODE_LEN = 16, 6
@@ -272,7 +273,7 @@ def apply_sampled_from_scratch_defaults(args: TrainArgs, values: dict) -> None:
     args.hash_code_len_warmup_steps = max(1, round(SAMPLED_TAU_WARMUP_FRACTION * args.max_steps))
     if "hash" not in values:
         args.hash = "gaussian"
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_first_rank():
         print(f"yoso from its initialisation: tau {SAMPLED_TAU_START} -> {args.hash_code_len} over the first "
               f"{args.hash_code_len_warmup_steps} steps, --hash {args.hash} (set --hash-code-len-warmup-steps 0 for a "
               "fixed tau)", file=sys.stderr)  # fmt: skip

@@ -23,6 +23,11 @@ def training_device(requested: str) -> torch.device:
     return torch.device("cuda", index)
 
 
+def is_first_rank() -> bool:
+    """Whether this process prints notes: rank 0 under torchrun, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @contextmanager
 def process_group(device: torch.device):
     """Yield ``(rank, world_size)``: ``(0, 1)`` outside torchrun; under it, join the group and leave it on exit.

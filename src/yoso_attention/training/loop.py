@@ -31,7 +31,7 @@ from ..models.yoso.convert import extend_checkpoint
 from .args import HASHING_FIELDS, TrainArgs
 from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoint
 from .data import MlmSplit, Split, load_splits
-from .distributed import process_group, training_device
+from .distributed import is_first_rank, process_group, training_device
 from .plot import MISSING_MATPLOTLIB, have_matplotlib, plot_runs
 from .softmax import use_softmax_attention
 
@@ -93,10 +93,12 @@ def load_init_model(cls, args: TrainArgs, labels: dict):
     with tempfile.TemporaryDirectory() as tmp:
         extend_checkpoint(source, Path(tmp) / "model", args.max_length, args.hash_code_len, args.num_hash)
         model = cls.from_pretrained(Path(tmp) / "model", **labels)
-    print(f"--init-from: {positions} -> {args.max_length} positions (--repeat-positions: the trained rows repeated; "
-          f"tau {config.get('hash_code_len')} -> {model.config.hash_code_len}, m {config.get('num_hash')} -> "
-          f"{model.config.num_hash}{'' if args.hash_code_len or args.num_hash else ' by the length rule'}; every other weight "
-          "unchanged)", file=sys.stderr)  # fmt: skip
+    hashing = "" if config.get("attention_kind") == "softmax" else (
+        f"tau {config.get('hash_code_len')} -> {model.config.hash_code_len}, m {config.get('num_hash')} -> "
+        f"{model.config.num_hash}{'' if args.hash_code_len or args.num_hash else ' by the length rule'}; ")  # fmt: skip
+    if is_first_rank():
+        print(f"--init-from: {positions} -> {args.max_length} positions (--repeat-positions: the trained rows "
+              f"repeated; {hashing}every other weight unchanged)", file=sys.stderr)  # fmt: skip
     return model
 
 

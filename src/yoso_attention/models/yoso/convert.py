@@ -133,11 +133,13 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
     if kind == "yoso":
         old_length, first, prefix = config["max_position_embeddings"], FIRST_POSITION, "yoso"
         key = next((k for k in state if k.endswith(POSITION_KEY)), None)
-        new_config = {**config, "max_position_embeddings": max_length, **_hashing(config, old_length, max_length,
-                                                                                  hash_code_len, num_hash)}
-        note = (f"tau {config.get('hash_code_len', DEFAULT_TAU)} -> {new_config['hash_code_len']}, m "
-                f"{config.get('num_hash', DEFAULT_M)} -> {new_config['num_hash']}; YOSO weights unchanged apart from the "
-                "position table")  # fmt: skip
+        softmax = config.get("attention_kind") == "softmax"  # the softmax baseline: no hashing to adapt
+        hashing = {} if softmax else _hashing(config, old_length, max_length, hash_code_len, num_hash)
+        new_config = {**config, "max_position_embeddings": max_length, **hashing}
+        note = "softmax attention" if softmax else (
+            f"tau {config.get('hash_code_len', DEFAULT_TAU)} -> {new_config['hash_code_len']}, m "
+            f"{config.get('num_hash', DEFAULT_M)} -> {new_config['num_hash']}")  # fmt: skip
+        note += "; weights unchanged apart from the position table"
     else:
         prefix = "roberta" if kind == "roberta" else "bert"
         first = FIRST_POSITION if kind == "roberta" else 0
