@@ -27,11 +27,14 @@ def test_mqar_preset_is_the_studied_recipe_and_validates():
     args = parse("--preset", "mqar")
     recipe = dict(task="mqar", attention="yoso-e", max_length=128, mqar_pairs=8, mqar_vocab_size=256,
                   hidden_size=64, num_layers=2, num_heads=2, conv_window=3, dropout=0.0, lr=1e-2, weight_decay=0.3,
-                  max_steps=1200, hash_code_len=8)  # fmt: skip
+                  max_steps=1200, hash_code_len=8, hash_code_len_start=2, hash_code_len_warmup_steps=300)  # fmt: skip
     assert {k: getattr(args, k) for k in recipe} == recipe
     assert args.output_dir == "runs/mqar"
     args.validate()
-    assert parse("--preset", "mqar", "--attention", "softmax").attention == "softmax"
+    softmax = parse("--preset", "mqar", "--attention", "softmax")  # the preset's tau schedule is YOSO-E's
+    assert softmax.attention == "softmax" and softmax.hash_code_len_start is None
+    softmax.validate()
+    assert parse("--preset", "mqar", "--hash-code-len-warmup-steps", "0").hash_code_len_warmup_steps == 0
 
 
 def test_explicit_flags_override_the_preset():
@@ -247,6 +250,8 @@ def test_init_from_keeps_the_models_hashing_unless_given_and_ignores_a_presets(t
     model.save_pretrained(tmp_path / "m")
     kept = parse("--preset", "mqar", "--init-from", str(tmp_path / "m"))
     assert (kept.num_hash, kept.hash_code_len) == (None, None)  # not the preset's tau 8
+    assert kept.hash_code_len_start is None  # nor its tau schedule, which is for a fresh model
+    kept.validate()
     loaded = build_model(kept, vocab_size=20, pad_id=0, num_classes=8)
     assert (loaded.config.num_hash, loaded.config.hash_code_len) == (4, 5)
     given = parse("--init-from", str(tmp_path / "m"), "--max-length", "300", "--repeat-positions", "--num-hash", "8",
