@@ -34,7 +34,11 @@ def test_mqar_preset_is_the_studied_recipe_and_validates():
     softmax = parse("--preset", "mqar", "--attention", "softmax")  # the preset's tau schedule is YOSO-E's
     assert softmax.attention == "softmax" and softmax.hash_code_len_start is None
     softmax.validate()
-    assert parse("--preset", "mqar", "--hash-code-len-warmup-steps", "0").hash_code_len_warmup_steps == 0
+    fixed = parse("--preset", "mqar", "--hash-code-len-warmup-steps", "0")  # the documented way to a fixed tau
+    assert (fixed.hash_code_len_start, fixed.hash_code_len_warmup_steps) == (None, 0)
+    fixed.validate()
+    longer = parse("--preset", "mqar", "--hash-code-len-start", "3", "--hash-code-len-warmup-steps", "600")
+    assert (longer.hash_code_len_start, longer.hash_code_len_warmup_steps) == (3, 600)
 
 
 def test_explicit_flags_override_the_preset():
