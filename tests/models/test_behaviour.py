@@ -43,6 +43,8 @@ def test_value_convolution_equals_the_depthwise_conv2d_forward_and_backward(wind
     assert rel_err(ours, ref) < 1e-6
     for got, want in zip(ours_grads, ref_grads):
         assert rel_err(got, want) < 1e-6
+    model_layout = v.detach().transpose(1, 2).contiguous().transpose(1, 2)  # the projection's (batch, n, heads, d)
+    assert rel_err(layers_yoso.value_convolution(model_layout, conv.weight), ref) < 1e-6
     assert layers_yoso.value_convolution(v.detach().bfloat16(), conv.weight).dtype == torch.bfloat16  # as autocast
 
 
