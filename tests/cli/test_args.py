@@ -41,6 +41,28 @@ def test_mqar_preset_is_the_studied_recipe_and_validates():
     assert (longer.hash_code_len_start, longer.hash_code_len_warmup_steps) == (3, 600)
 
 
+def test_a_presets_hashing_follows_the_length_rule_at_a_longer_max_length(capsys):
+    """The preset's tau is for its own length: longer fresh runs get hashing_for_length's tau and m, field by field
+    where the command sets neither; shorter ones, softmax and --init-from keep what they had."""
+    from yoso_attention.models.yoso.convert import hashing_for_length
+
+    longer = parse("--preset", "mqar", "--max-length", "1024")
+    assert (longer.hash_code_len, longer.num_hash) == hashing_for_length(8, 16, 128, 1024) == (11, 16)
+    assert (longer.hash_code_len_start, longer.hash_code_len_warmup_steps) == (2, 300)  # the schedule's target moves
+    assert "--hash-code-len 8 -> 11 by the length rule" in capsys.readouterr().err
+    given_tau = parse("--preset", "mqar", "--max-length", "4096", "--hash-code-len", "9")
+    assert (given_tau.hash_code_len, given_tau.num_hash) == (9, hashing_for_length(8, 16, 128, 4096)[1])
+    given_m = parse("--preset", "mqar", "--max-length", "2048", "--attention", "yoso", "--num-hash", "4")
+    assert (given_m.hash_code_len, given_m.num_hash) == (12, 4)
+    listops = parse("--preset", "lra-listops", "--max-length", "4000")
+    assert (listops.hash_code_len, listops.num_hash) == (12, 32)
+    capsys.readouterr()
+    for unchanged in (parse("--preset", "mqar", "--max-length", "64"), parse("--preset", "lra-listops", "--max-length", "1000"),
+                      parse("--preset", "mqar", "--max-length", "1024", "--attention", "softmax")):  # fmt: skip
+        assert unchanged.hash_code_len == PRESETS[unchanged.preset]["hash_code_len"]
+    assert "length rule" not in capsys.readouterr().err
+
+
 def test_explicit_flags_override_the_preset():
     args = parse("--preset", "lra-listops", "--max-steps", "300", "--attention", "softmax", "--lr", "1e-3")
     assert (args.max_steps, args.attention, args.lr) == (300, "softmax", 1e-3)

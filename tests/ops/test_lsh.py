@@ -1,3 +1,4 @@
+import contextlib
 from contextlib import contextmanager
 
 import pytest
@@ -128,6 +129,25 @@ def test_numba_and_torch_paths_give_the_same_codes(fast_hash, d, tau):
         slow = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     for a, b in zip(fast, slow):
         assert (a == b).float().mean() > 0.999  # differ only where a projection rounds to ~0
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+def test_rows_hashed_in_chunks_get_the_codes_of_one_pass(monkeypatch, fast_hash, backend):
+    """Projections are made a few (batch x head) rows at a time to bound their memory; the codes must not change.
+    7 rows in chunks of 2 (the last one short)."""
+    from yoso_attention.ops import hashing
+    from yoso_attention.ops.backend import torch_only
+
+    q, k = torch.randn(7, 100, 16), torch.randn(7, 100, 16)
+    paths = torch_only() if backend == "torch" else contextlib.nullcontext()
+    with paths:
+        whole = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
+        monkeypatch.setattr(hashing, "PROJECTION_CHUNK_FLOATS", 2 * 100 * 30)
+        assert len(hashing._row_chunks(q, 30)) == 4
+        chunked = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
+    for a, b in zip(whole, chunked):
+        assert torch.equal(a, b)
 
 
 def test_padding_equals_truncation_with_the_same_hash_functions():

@@ -85,18 +85,33 @@ def draw_hash_functions(
     return torch.randn((n_b, d, num_hash * tau), generator=generator, device=device)
 
 
+PROJECTION_CHUNK_FLOATS = 2**22  # rows projected together: at most 16 MB of fp32 projections at a time
+
+
+def _row_chunks(x: torch.Tensor, width: int) -> list[slice]:
+    """Slices of x's B rows (B, n, d) whose (rows, n, width) projections hold at most PROJECTION_CHUNK_FLOATS
+    floats: a Gaussian projection is num_hash * tau / d times the size of x (2.75x for tau 11, m 8 and d 32;
+    8x for tau 8, m 32), and all of it existed at once before."""
+    step = max(1, PROJECTION_CHUNK_FLOATS // max(1, x.shape[1] * width))
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+
+
 def _hash_numba(kernels, x, randomness, num_hash, tau, fast) -> torch.Tensor:
     codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
-    if fast:
+    if fast:  # projects inside the kernel, a block of rows at a time
         kernels.fast_hash_codes(as_numpy(x), as_numpy(randomness), num_hash, tau, codes.numpy())
-    else:
-        kernels.sign_codes(torch.bmm(x, randomness).numpy(), num_hash, tau, codes.numpy())
+        return codes
+    for rows in _row_chunks(x, randomness.shape[-1]):
+        kernels.sign_codes(torch.bmm(x[rows], randomness[rows]).numpy(), num_hash, tau, codes[rows].numpy())
     return codes
 
 
 def _hash_torch(x, randomness, num_hash, tau, fast) -> torch.Tensor:
     proj_matrix = _fast_projection_matrix(randomness, x.shape[-1], tau) if fast else randomness
-    return _codes_from_projections(torch.bmm(x, proj_matrix), num_hash, tau)  # (B, n, >= num_hash * tau) projected
+    return torch.cat([
+        _codes_from_projections(torch.bmm(x[rows], proj_matrix[rows]), num_hash, tau)  # (rows, n, >= m * tau)
+        for rows in _row_chunks(x, proj_matrix.shape[-1])
+    ])  # fmt: skip
 
 
 @torch.library.custom_op("yoso::hash_rows", mutates_args=())

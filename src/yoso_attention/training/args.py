@@ -7,6 +7,8 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 
+from ..models.yoso.convert import hashing_for_length
+from ..ops.checks import MAX_HASH_CODE_LEN
 from ..ops.hashing import padded_dim
 from .distributed import is_first_rank
 
@@ -81,10 +83,12 @@ class TrainArgs:
     num_heads: int = _arg(4, "attention heads per layer (must divide --hidden-size)")
     intermediate_size: int = _arg(128, "feed-forward width")
     num_hash: int | None = _arg(None, "YOSO sampling: hash functions per attention call (error ~ 1/sqrt) (default: "
-                                f"{FRESH_NUM_HASH} for a fresh model; with --init-from, the model's)")  # fmt: skip
+                                f"{FRESH_NUM_HASH} for a fresh model, or the preset's; with --init-from, the model's; "
+                                "raised by the length rule where tau grows)")  # fmt: skip
     hash_code_len: int | None = _arg(None, "YOSO: bits per hash code tau (2**tau buckets; YOSO-E's exponent) (default: "
-                                     f"{FRESH_HASH_CODE_LEN} for a fresh model; with --init-from, the model's, "
-                                     "raised by the length rule when --repeat-positions lengthens it)")  # fmt: skip
+                                     f"{FRESH_HASH_CODE_LEN} for a fresh model, or the preset's, raised by the length "
+                                     "rule above the preset's --max-length; with --init-from, the model's, raised by "
+                                     "the length rule when --repeat-positions lengthens it)")  # fmt: skip
     conv_window: int | None = _arg(None, "odd kernel size of YOSO's depthwise convolution over values (default: none)")
     hash: str = _arg("auto", "YOSO sampling: hash functions: fast (Hadamard; orthogonal bits, a sharper kernel than "
                      "YOSO-E's), gaussian (unbiased estimate of YOSO-E) or auto (gaussian for yoso trained from its "
@@ -254,11 +258,30 @@ def resolve_args(explicit: dict) -> TrainArgs:
     if not args.init_from:
         args.num_hash = FRESH_NUM_HASH if args.num_hash is None else args.num_hash
         args.hash_code_len = FRESH_HASH_CODE_LEN if args.hash_code_len is None else args.hash_code_len
+        scale_preset_hashing(args, preset_values, explicit)
     if sampled_from_scratch_defaults_apply(args, values):
         apply_sampled_from_scratch_defaults(args, values)
     if args.output_dir is None:
         args.output_dir = os.path.join("runs", preset or args.task)
     return args
+
+
+def scale_preset_hashing(args: TrainArgs, preset_values: dict, explicit: dict) -> None:
+    """A preset's tau is for its own --max-length: a fresh model trained longer gets what the length rule gives
+    (``hashing_for_length``, as when a trained model is extended), for each of tau and m the command did not set."""
+    preset_length = preset_values.get("max_length")
+    if "hash_code_len" not in preset_values or args.max_length <= preset_length or args.attention == "softmax":
+        return
+    tau, m = hashing_for_length(args.hash_code_len, args.num_hash, preset_length, args.max_length, MAX_HASH_CODE_LEN)
+    rule = {"hash_code_len": tau, "num_hash": m}
+    changed = [f"--{name.replace('_', '-')} {getattr(args, name)} -> {rule[name]}" for name in HASHING_FIELDS
+               if name not in explicit and getattr(args, name) != rule[name]]  # fmt: skip
+    for name in HASHING_FIELDS:
+        if name not in explicit:
+            setattr(args, name, rule[name])
+    if changed and is_first_rank():
+        print(f"--preset {explicit['preset']} at --max-length {args.max_length} (its hashing is for {preset_length} "
+              f"tokens): {', '.join(changed)} by the length rule", file=sys.stderr)  # fmt: skip
 
 
 # Sampled yoso trained from its initialisation: tau from 2 over the first quarter of the steps, Gaussian hash.
