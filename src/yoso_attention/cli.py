@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "extend":
             from .models.yoso.convert import extend_checkpoint
 
-            print(extend_checkpoint(ns.src, ns.dst, ns.max_length, ns.hash_code_len, ns.num_hash))
+            print(f"wrote {ns.dst}: {extend_checkpoint(ns.src, ns.dst, ns.max_length, ns.hash_code_len, ns.num_hash)}")
             return 0
         if ns.command == "predict":
             from .predict import predict

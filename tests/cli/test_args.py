@@ -44,14 +44,15 @@ def test_mqar_preset_is_the_studied_recipe_and_validates():
 def test_a_presets_hashing_follows_the_length_rule_at_a_longer_max_length(capsys):
     """The preset's tau is for its own length: longer fresh runs get hashing_for_length's tau and m, field by field
     where the command sets neither; shorter ones, softmax and --init-from keep what they had."""
-    from yoso_attention.models.yoso.convert import hashing_for_length
+    from yoso_attention.models.yoso.convert import hashes_for_misses, hashing_for_length
 
     longer = parse("--preset", "mqar", "--max-length", "1024")
     assert (longer.hash_code_len, longer.num_hash) == hashing_for_length(8, 16, 128, 1024) == (11, 16)
     assert (longer.hash_code_len_start, longer.hash_code_len_warmup_steps) == (2, 300)  # the schedule's target moves
     assert "--hash-code-len 8 -> 11 by the length rule" in capsys.readouterr().err
     given_tau = parse("--preset", "mqar", "--max-length", "4096", "--hash-code-len", "9")
-    assert (given_tau.hash_code_len, given_tau.num_hash) == (9, hashing_for_length(8, 16, 128, 4096)[1])
+    assert (given_tau.hash_code_len, given_tau.num_hash) == (9, 16)  # 16 hashes cover tau 9's misses
+    assert hashes_for_misses(9) <= 16  # else the given tau would raise m (as yoso extend does)
     given_m = parse("--preset", "mqar", "--max-length", "2048", "--attention", "yoso", "--num-hash", "4")
     assert (given_m.hash_code_len, given_m.num_hash) == (12, 4)
     listops = parse("--preset", "lra-listops", "--max-length", "4000")
@@ -255,8 +256,8 @@ def test_init_from_a_shorter_model_repeats_its_trained_positions(tmp_path, capsy
     assert long.config.max_position_embeddings == 100 and table.shape == (102, rows.shape[1])
     expected = torch.cat([rows[:2], rows[2:].repeat(3, 1)[:100]])
     torch.testing.assert_close(table, expected, rtol=0, atol=0)
-    assert "48 -> 100 positions (--repeat-positions: the trained rows repeated; tau 6 -> 7, m 16 -> 16 by the length " \
-           "rule; every other weight unchanged)" in capsys.readouterr().err
+    assert "--init-from --repeat-positions: 48 -> 100 positions (the source's rows repeated); tau 6 -> 7, m 16 -> 16 " \
+           "by the length rule; every other weight unchanged" in capsys.readouterr().err
     same = build_model(parse("--max-length", "40", "--init-from", str(tmp_path / "m"), "--repeat-positions"),
                        vocab_size=20, pad_id=0, num_classes=10)  # fmt: skip
     assert same.config.max_position_embeddings == 48  # a shorter run keeps the model's positions

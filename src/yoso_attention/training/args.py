@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields
 
-from ..models.yoso.convert import hashing_for_length
+from ..models.yoso.convert import scaled_hashing
 from ..ops.checks import MAX_HASH_CODE_LEN
 from ..ops.hashing import padded_dim
 from .distributed import is_first_rank
@@ -272,7 +272,9 @@ def scale_preset_hashing(args: TrainArgs, preset_values: dict, explicit: dict) -
     preset_length = preset_values.get("max_length")
     if "hash_code_len" not in preset_values or args.max_length <= preset_length or args.attention == "softmax":
         return
-    tau, m = hashing_for_length(args.hash_code_len, args.num_hash, preset_length, args.max_length, MAX_HASH_CODE_LEN)
+    tau, m = scaled_hashing(preset_values["hash_code_len"], preset_values.get("num_hash", FRESH_NUM_HASH),
+                            preset_length, args.max_length, explicit.get("hash_code_len"), explicit.get("num_hash"),
+                            MAX_HASH_CODE_LEN)  # fmt: skip
     rule = {"hash_code_len": tau, "num_hash": m}
     changed = [f"--{name.replace('_', '-')} {getattr(args, name)} -> {rule[name]}" for name in HASHING_FIELDS
                if name not in explicit and getattr(args, name) != rule[name]]  # fmt: skip

@@ -91,14 +91,10 @@ def load_init_model(cls, args: TrainArgs, labels: dict):
     if not args.repeat_positions or config.get("model_type") != "yoso" or positions >= args.max_length:
         return cls.from_pretrained(source, **labels)
     with tempfile.TemporaryDirectory() as tmp:
-        extend_checkpoint(source, Path(tmp) / "model", args.max_length, args.hash_code_len, args.num_hash)
+        note = extend_checkpoint(source, Path(tmp) / "model", args.max_length, args.hash_code_len, args.num_hash)
         model = cls.from_pretrained(Path(tmp) / "model", **labels)
-    hashing = "" if config.get("attention_kind") == "softmax" else (
-        f"tau {config.get('hash_code_len')} -> {model.config.hash_code_len}, m {config.get('num_hash')} -> "
-        f"{model.config.num_hash}{'' if args.hash_code_len or args.num_hash else ' by the length rule'}; ")  # fmt: skip
     if is_first_rank():
-        print(f"--init-from: {positions} -> {args.max_length} positions (--repeat-positions: the trained rows "
-              f"repeated; {hashing}every other weight unchanged)", file=sys.stderr)  # fmt: skip
+        print(f"--init-from --repeat-positions: {note}", file=sys.stderr)
     return model
 
 

@@ -101,6 +101,17 @@ def hashing_for_length(hash_code_len: int, num_hash: int, old_length: int, new_l
     return tau, max(num_hash, hashes_for_misses(tau))
 
 
+def scaled_hashing(hash_code_len: int, num_hash: int, old_length: int, new_length: int, given_tau: int | None = None,
+                   given_m: int | None = None, max_hash_code_len: int | None = None) -> tuple[int, int]:  # fmt: skip
+    """(tau, m) at ``new_length`` for hashing chosen at ``old_length``: each as given, else by the length rule (a
+    given tau still gets the hashes its misses need at the longer length)."""
+    if given_tau is None:
+        tau, m = hashing_for_length(hash_code_len, num_hash, old_length, new_length, max_hash_code_len)
+    else:
+        tau, m = given_tau, max(num_hash, hashes_for_misses(given_tau)) if new_length > old_length else num_hash
+    return tau, m if given_m is None else given_m
+
+
 def hashes_for_misses(hash_code_len: int) -> int:
     """The fewest hashes under all of which the own key misses with probability below MISS_RATE at this tau."""
     return math.ceil(math.log(MISS_RATE) / math.log1p(-(OWN_COLLISION_PER_BIT**hash_code_len)))
@@ -111,7 +122,7 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
     """Write ``dst``: the checkpoint in ``src`` with a position table for ``max_length`` tokens.
 
     A YOSO source's tau and m become ``hash_code_len`` and ``num_hash`` where given, else what the length rule
-    (``hashing_for_length``) gives for the longer length. Returns a one-line description of what was written.
+    (``hashing_for_length``) gives for the longer length. Returns a one-line description of the change.
     ``dst`` appears complete or not at all.
     """
     src, dst = Path(src), Path(dst)
@@ -136,10 +147,11 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
         softmax = config.get("attention_kind") == "softmax"  # the softmax baseline: no hashing to adapt
         hashing = {} if softmax else _hashing(config, old_length, max_length, hash_code_len, num_hash)
         new_config = {**config, "max_position_embeddings": max_length, **hashing}
+        by_rule = " by the length rule" if hash_code_len is None and num_hash is None else ""
         note = "softmax attention" if softmax else (
             f"tau {config.get('hash_code_len', DEFAULT_TAU)} -> {new_config['hash_code_len']}, m "
-            f"{config.get('num_hash', DEFAULT_M)} -> {new_config['num_hash']}")  # fmt: skip
-        note += "; weights unchanged apart from the position table"
+            f"{config.get('num_hash', DEFAULT_M)} -> {new_config['num_hash']}{by_rule}")  # fmt: skip
+        note += "; every other weight unchanged"
     else:
         prefix = "roberta" if kind == "roberta" else "bert"
         first = FIRST_POSITION if kind == "roberta" else 0
@@ -156,7 +168,7 @@ def extend_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, max_length
         raise ValueError(f"{src}: no position table ({POSITION_KEY}) among the weights")
     state[key] = repeat_positions(state[key], first, old_length, max_length)
     _write_atomically(src, dst, new_config, state)
-    return f"wrote {dst}: {old_length} -> {max_length} positions (source rows repeated); {note}"
+    return f"{old_length} -> {max_length} positions (the source's rows repeated); {note}"
 
 
 def _hashing(config: dict, old_length: int, new_length: int, hash_code_len: int | None,
@@ -165,15 +177,12 @@ def _hashing(config: dict, old_length: int, new_length: int, hash_code_len: int 
     fast_limit = None
     if config.get("use_fast_hash", True):
         fast_limit = padded_dim(config["hidden_size"] // config["num_attention_heads"])
-    old_tau, old_m = config.get("hash_code_len", DEFAULT_TAU), config.get("num_hash", DEFAULT_M)
-    if hash_code_len is None:
-        tau, m = hashing_for_length(old_tau, old_m, old_length, new_length, fast_limit)
-    elif fast_limit is not None and hash_code_len > fast_limit:
+    if hash_code_len is not None and fast_limit is not None and hash_code_len > fast_limit:
         raise ValueError(f"--hash-code-len {hash_code_len}: this model hashes with the fast hash, which allows at most "
                          f"its head dim padded to a power of two, {fast_limit}")  # fmt: skip
-    else:  # the misses at the tau given
-        tau, m = hash_code_len, max(old_m, hashes_for_misses(hash_code_len)) if new_length > old_length else old_m
-    return {"hash_code_len": tau, "num_hash": m if num_hash is None else num_hash}
+    old_tau, old_m = config.get("hash_code_len", DEFAULT_TAU), config.get("num_hash", DEFAULT_M)
+    tau, m = scaled_hashing(old_tau, old_m, old_length, new_length, hash_code_len, num_hash, fast_limit)
+    return {"hash_code_len": tau, "num_hash": m}
 
 
 def _write_atomically(src: Path, dst: Path, config: dict, state: dict) -> None:
