@@ -1,10 +1,10 @@
 """Where the MQAR model's training memory goes (docs/studies.md, "Longer sequences"): for each attention, a fresh
 process builds the `--preset mqar` model at LENGTH tokens and measures
 
-- runtime: the resident memory that the first training step leaves behind beyond the second's (for sampled yoso,
-  numba and its compiled kernels, loaded at the first kernel call),
-- step peak: the RSS growth during one later training step (forward, backward, AdamW), with every allocation
-  above 64 KB its own mapping so that freed memory shows (yoso_attention.bench.timing),
+- resident: the process's RSS after two training steps (for sampled yoso it holds numba and its compiled kernels,
+  loaded at the first kernel call; softmax never imports numba),
+- step peak: the RSS growth during each of three later training steps (forward, backward, AdamW), with every
+  allocation above 64 KB its own mapping so that freed memory shows (yoso_attention.bench.timing),
 - live peak: the largest sum of live torch tensors during the step (torch.profiler's memory timeline), the
   part that allocator and runtime do not blur.
 
@@ -70,8 +70,9 @@ def measure(length: int, name: str) -> dict:
         resident.append(rss_bytes())
     live = live_tensor_peak(step)
     exact_rss_mode()
-    return {"hashing": f"tau {model.config.hash_code_len}, m {model.config.num_hash}" if name != "softmax" else "",
-            "after steps": resident[1], "step peak": [peak_bytes(step) for _ in range(3)], "live peak": live}  # fmt: skip
+    hashing = f"tau {model.config.hash_code_len}, m {model.config.num_hash}" if name != "softmax" else ""
+    return {"hashing": hashing, "after steps": resident[1], "step peak": [peak_bytes(step) for _ in range(3)],
+            "live peak": live}  # fmt: skip
 
 
 def main() -> None:
@@ -79,7 +80,7 @@ def main() -> None:
         print(json.dumps(measure(int(sys.argv[2]), sys.argv[3])))
         return
     mb = 2**20
-    print("| length (batch) | attention | hashing | resident after 2 steps (MB) | step peak RSS growth (MB) | "
+    print("| length (batch) | attention | hashing | resident after 2 steps (MB) | RSS growth in a step (MB, 3 steps) | "
           "live tensors peak (MB) |\n|---|---|---|---|---|---|")  # fmt: skip
     for length in [int(a) for a in sys.argv[1:]] or [1024, 4096]:
         for name in ATTENTIONS:
