@@ -270,7 +270,8 @@ def scale_preset_hashing(args: TrainArgs, preset_values: dict, explicit: dict) -
     """A preset's tau is for its own --max-length: a fresh model trained longer gets what the length rule gives
     (``hashing_for_length``, as when a trained model is extended), for each of tau and m the command did not set."""
     preset_length = preset_values.get("max_length")
-    if "hash_code_len" not in preset_values or args.max_length <= preset_length or args.attention == "softmax":
+    if preset_length is None or "hash_code_len" not in preset_values or args.max_length <= preset_length \
+            or args.attention == "softmax":  # fmt: skip
         return
     tau, m = scaled_hashing(preset_values["hash_code_len"], preset_values.get("num_hash", FRESH_NUM_HASH),
                             preset_length, args.max_length, explicit.get("hash_code_len"), explicit.get("num_hash"),
