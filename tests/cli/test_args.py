@@ -42,8 +42,8 @@ def test_mqar_preset_is_the_studied_recipe_and_validates():
 
 
 def test_a_presets_hashing_follows_the_length_rule_at_a_longer_max_length(capsys):
-    """The preset's tau is for its own length: longer fresh runs get hashing_for_length's tau and m, field by field
-    where the command sets neither; shorter ones, softmax and --init-from keep what they had."""
+    """The preset's tau is for its own length: longer fresh runs get hashing_for_length's tau and m for each field
+    the command does not set; shorter runs and softmax keep the preset's (--init-from: the test further down)."""
     from yoso_attention.models.yoso.convert import hashes_for_misses, hashing_for_length
 
     longer = parse("--preset", "mqar", "--max-length", "1024")

@@ -1,5 +1,4 @@
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -140,8 +139,7 @@ def test_rows_hashed_in_chunks_get_the_codes_of_one_pass(monkeypatch, fast_hash,
     from yoso_attention.ops.backend import torch_only
 
     q, k = torch.randn(7, 100, 16), torch.randn(7, 100, 16)
-    paths = torch_only() if backend == "torch" else contextlib.nullcontext()
-    with paths:
+    with torch_only() if backend == "torch" else nullcontext():
         whole = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
         monkeypatch.setattr(hashing, "PROJECTION_CHUNK_FLOATS", 2 * 100 * 30)
         assert len(hashing._row_chunks(q, 30)) == 4
