@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -120,6 +119,7 @@ def _explicit_train_args(ns) -> dict:
 
 def _train(ns) -> int:
     from .training.args import resolve_args
+    from .training.distributed import is_first_rank
     from .training.loop import train
 
     args = resolve_args(_explicit_train_args(ns))
@@ -128,7 +128,7 @@ def _train(ns) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: resumable checkpoint in {Path(args.output_dir) / 'last'} (use --resume)")
         return 130
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_first_rank():
         print(json.dumps(summary, indent=2))
         print(summary_line(summary))
     return 0

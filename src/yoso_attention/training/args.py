@@ -276,12 +276,10 @@ def scale_preset_hashing(args: TrainArgs, preset_values: dict, explicit: dict) -
     tau, m = scaled_hashing(preset_values["hash_code_len"], preset_values.get("num_hash", FRESH_NUM_HASH),
                             preset_length, args.max_length, explicit.get("hash_code_len"), explicit.get("num_hash"),
                             MAX_HASH_CODE_LEN)  # fmt: skip
-    rule = {"hash_code_len": tau, "num_hash": m}
-    changed = [f"--{name.replace('_', '-')} {getattr(args, name)} -> {rule[name]}" for name in HASHING_FIELDS
-               if name not in explicit and getattr(args, name) != rule[name]]  # fmt: skip
-    for name in HASHING_FIELDS:
-        if name not in explicit:
-            setattr(args, name, rule[name])
+    rule = {"hash_code_len": tau, "num_hash": m}  # the values the command gave come back unchanged
+    changed = [f"--{name.replace('_', '-')} {getattr(args, name)} -> {value}" for name, value in rule.items()
+               if getattr(args, name) != value]  # fmt: skip
+    args.hash_code_len, args.num_hash = tau, m
     if changed and is_first_rank():
         print(f"--preset {explicit['preset']} at --max-length {args.max_length} (its hashing is for {preset_length} "
               f"tokens): {', '.join(changed)} by the length rule", file=sys.stderr)  # fmt: skip
