@@ -13,9 +13,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from tests.cli.test_cli import ENV, curves, train_args, write, yoso
+from tests.cli.test_cli import ENV, assert_same_curves, curves, train_args, write, yoso
 
 KILLER = """
 import os, signal, sys
@@ -91,10 +92,10 @@ def test_kill_inside_a_checkpoint_write_then_resume_matches_an_uninterrupted_run
     else:
         assert (run_dir / "last" / "trainer_state.pt").exists() and not (stale[0] / "trainer_state.pt").exists()
     yoso(*train_args(run_dir, cache, steps=16, extra=[*extra, "--resume"]), cwd=tmp_path)
-    assert curves(run_dir) == curves(tmp_path / "full")
+    assert_same_curves(curves(run_dir), curves(tmp_path / "full"))
     assert not list(run_dir.glob("last.tmp*")) and not (run_dir / "last.old").exists()
     final = load_file(run_dir / "last" / "model.safetensors")
     reference = load_file(tmp_path / "full" / "last" / "model.safetensors")
     assert final.keys() == reference.keys()
-    for key in final:
-        assert (final[key] == reference[key]).all(), key
+    for key in final:  # equal up to float32 rounding, as the curves
+        torch.testing.assert_close(final[key], reference[key], rtol=1e-5, atol=1e-6, msg=key)
