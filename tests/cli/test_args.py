@@ -223,7 +223,7 @@ def test_the_last_line_of_a_run_says_accuracy_baselines_and_throughput():
     assert mlm == "test accuracy 0.320, perplexity 20.04; trained at 1,000 tokens/s"
 
 
-def test_qk_weight_decay_puts_the_query_and_key_projections_in_their_own_group():
+def test_qk_and_norm_weight_decay_put_their_parameters_in_their_own_groups():
     import yoso_attention
     from tests.models.conftest import tiny_config
     from yoso_attention.training.loop import parameter_groups
@@ -239,8 +239,17 @@ def test_qk_weight_decay_puts_the_query_and_key_projections_in_their_own_group()
     assert {id(p) for p in qk["params"]} == expected and len(expected) == 4 * layers
     assert (rest["weight_decay"], qk["weight_decay"]) == (0.05, 1.0)
     assert len(rest["params"]) + len(qk["params"]) == len(list(model.parameters()))
-    with pytest.raises(ValueError, match="--weight-decay and --qk-weight-decay must be >= 0"):
-        parse("--qk-weight-decay", "-1").validate()
+    rest, qk, norm = parameter_groups(model, parse("--qk-weight-decay", "1.0", "--norm-weight-decay", "0"))
+    vectors = {id(p) for name, p in model.named_parameters() if p.ndim == 1 and id(p) not in expected}
+    assert {id(p) for p in norm["params"]} == vectors and norm["weight_decay"] == 0.0
+    assert all("LayerNorm" in name or name.endswith("bias") for name, p in model.named_parameters() if id(p) in vectors)
+    assert {id(p) for p in qk["params"]} == expected and all(p.ndim == 2 for p in rest["params"])
+    rest, norm = parameter_groups(model, parse("--weight-decay", "0.05", "--norm-weight-decay", "0"))
+    assert len(rest["params"]) + len(norm["params"]) == len(list(model.parameters()))
+    assert {id(p) for p in norm["params"]} == {id(p) for p in model.parameters() if p.ndim == 1}
+    for option in ("--weight-decay", "--qk-weight-decay", "--norm-weight-decay"):
+        with pytest.raises(ValueError, match=f"{option} must be >= 0, got -1.0"):
+            parse(option, "-1").validate()
 
 
 def test_init_from_a_shorter_model_repeats_its_trained_positions(tmp_path, capsys):

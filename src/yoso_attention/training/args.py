@@ -123,6 +123,10 @@ class TrainArgs:
                                          "--weight-decay). YOSO sees only the directions of q and k, so AdamW grows "
                                          "their norms step by step and their angular learning rate falls; decay "
                                          "holds the norms (docs: studies.md, MQAR)")  # fmt: skip
+    norm_weight_decay: float | None = _arg(None, "AdamW weight decay of LayerNorm scales and shifts and of biases "
+                                           "(default: --weight-decay). 0 keeps strong decay (the mqar preset's 0.3) "
+                                           "from shrinking the LayerNorm scales of a model whose early gradients are "
+                                           "weak (docs: studies.md, MQAR)")  # fmt: skip
     warmup_steps: int = _arg(100, "steps of linear learning-rate warm-up from 0")
     lr_schedule: str = _arg("cosine", "learning-rate decay after warm-up, to 0 at --max-steps",
                             choices=LR_SCHEDULES)  # fmt: skip
@@ -159,9 +163,11 @@ class TrainArgs:
             from .data import mqar_spec
 
             mqar_spec(self).validate()
-        if self.weight_decay < 0 or (self.qk_weight_decay is not None and self.qk_weight_decay < 0):
-            raise ValueError(f"--weight-decay and --qk-weight-decay must be >= 0, got {self.weight_decay} and "
-                             f"{self.qk_weight_decay}")  # fmt: skip
+        decays = {"--weight-decay": self.weight_decay, "--qk-weight-decay": self.qk_weight_decay,
+                  "--norm-weight-decay": self.norm_weight_decay}  # fmt: skip
+        for option, decay in decays.items():
+            if decay is not None and decay < 0:
+                raise ValueError(f"{option} must be >= 0, got {decay}")
         if self.warmup_steps < 0:
             raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.trim_memory_every < 0:
@@ -233,8 +239,8 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
               "conv_window", "pooling", "dropout"),
     "attention": ("attention", "num_hash", "hash_code_len", "hash", "yoso_backward", "recompute_hash_codes",
                   "expectation_warmup_steps", "hash_code_len_start", "hash_code_len_warmup_steps"),
-    "optimisation": ("batch_size", "lr", "weight_decay", "qk_weight_decay", "warmup_steps", "lr_schedule",
-                     "max_steps", "seed"),
+    "optimisation": ("batch_size", "lr", "weight_decay", "qk_weight_decay", "norm_weight_decay", "warmup_steps",
+                     "lr_schedule", "max_steps", "seed"),
     "run control": ("output_dir", "device", "resume", "eval_every", "save_every", "trim_memory_every"),
 }  # fmt: skip
 

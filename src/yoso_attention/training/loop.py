@@ -123,15 +123,22 @@ def hash_code_len_at(args: TrainArgs, step: int) -> int:
 
 
 def parameter_groups(model, args: TrainArgs) -> list[dict]:
-    """AdamW groups: every parameter with --weight-decay or, with --qk-weight-decay, the query and key projections in
-    a second group with that decay (one group otherwise, so that earlier checkpoints resume)."""
-    if args.qk_weight_decay is None:
-        return [{"params": list(model.parameters()), "weight_decay": args.weight_decay}]
+    """AdamW groups: --weight-decay for every parameter, except those of a decay set on its own: the query and key
+    projections (--qk-weight-decay), then the other 1-D parameters, LayerNorm scales and shifts and biases
+    (--norm-weight-decay). One group when neither is set, so that earlier checkpoints resume."""
+    decays = {"rest": args.weight_decay, "qk": args.qk_weight_decay, "norm": args.norm_weight_decay}
     qk_names = (".attention.self.query.", ".attention.self.key.")
-    qk, rest = [], []
+
+    def group_of(name: str, param) -> str:
+        if decays["qk"] is not None and any(part in name for part in qk_names):
+            return "qk"
+        return "norm" if decays["norm"] is not None and param.ndim == 1 else "rest"
+
+    params = {group: [] for group in decays}
     for name, param in model.named_parameters():
-        (qk if any(part in name for part in qk_names) else rest).append(param)
-    return [{"params": rest, "weight_decay": args.weight_decay}, {"params": qk, "weight_decay": args.qk_weight_decay}]
+        params[group_of(name, param)].append(param)
+    return [{"params": params[group], "weight_decay": decay} for group, decay in decays.items()
+            if group == "rest" or decay is not None]  # fmt: skip
 
 
 def check_fits(config: YosoConfig, args: TrainArgs, vocab_size: int) -> None:
