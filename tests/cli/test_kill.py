@@ -1,4 +1,5 @@
-"""A run killed (SIGKILL) at a chosen point of a checkpoint write resumes to exactly the uninterrupted run.
+"""A run killed (SIGKILL) at a chosen point of a checkpoint write resumes to the uninterrupted run (up to float32
+rounding: see assert_same_curves).
 
 The kill is placed deterministically: the training process runs under a wrapper that kills it from inside the
 n-th write of ``last/``, after steps beyond the previous checkpoint were logged. Two places:
