@@ -233,3 +233,23 @@ def test_sampling_mode_keeps_for_backward_what_softmax_keeps_plus_the_codes():
     yoso.config.recompute_hash_codes = True
     draw_bytes = layers * batch * heads * 32 * 3 * 16 * 4
     assert _saved_activation_bytes(yoso, ids, mask) <= softmax_bytes * 1.01 + draw_bytes
+
+
+@pytest.mark.parametrize("use_expectation", [False, True], ids=["sampled", "expectation"])
+def test_with_the_value_convolution_the_values_are_kept_once(use_expectation):
+    """YOSO-C's convolution keeps the value projection's output; unpadded, the op keeps that very tensor instead
+    of a contiguous copy of its rows, so a layer again keeps what SDPA's keeps (plus the codes when sampling)."""
+    from yoso_attention.training.softmax import use_softmax_attention
+
+    cfg = dict(use_expectation=use_expectation, num_hash=8, hash_code_len=11, use_fast_hash=False, conv_window=3,
+               max_position_embeddings=512, hidden_size=64, hidden_dropout_prob=0.0,
+               attention_probs_dropout_prob=0.0)  # fmt: skip
+    yoso = yoso_attention.YosoModel(tiny_config(**cfg)).train()
+    softmax = yoso_attention.YosoModel(tiny_config(**cfg)).train()
+    use_softmax_attention(softmax)
+    batch, n, heads, layers = 2, 500, 4, 2
+    ids = torch.randint(3, 99, (batch, n))
+    code_bytes = 0 if use_expectation else layers * batch * heads * n * 2 * 8 * 2
+    value_bytes = layers * batch * n * 64 * 4  # what a second copy of the values would add
+    yoso_bytes, softmax_bytes = _saved_activation_bytes(yoso, ids, None), _saved_activation_bytes(softmax, ids, None)
+    assert yoso_bytes <= softmax_bytes + code_bytes + value_bytes / 10

@@ -99,13 +99,14 @@ def _backward_blocks(kernels, q, k, v, dout, q_mask, k_mask, tau: int, exact: bo
 @torch.library.custom_op("yoso::expectation", mutates_args=())
 def expectation(q: Tensor, k: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, tau: int, exact_grad: bool
                 ) -> Tensor:  # fmt: skip
-    """YOSO-E of (B, L, d) q, (B, S, d) k (raw rows), (B, S, dv) v float32 and (B, n) bool masks: (B, L, dv)."""
-    return dispatch(_forward_blocks, partial(_forward_blocks, None), q, k, v, q_mask, k_mask, tau)
+    """YOSO-E of (B, L, d) q, (B, S, d) k (raw rows), v float32 (..., S, dv) in any layout whose leading dims
+    flatten to B (see ``prepare``) and (B, n) bool masks: (B, L, dv)."""
+    return dispatch(_forward_blocks, partial(_forward_blocks, None), q, k, flat_rows(v), q_mask, k_mask, tau)
 
 
 @expectation.register_fake
 def _(q, k, v, q_mask, k_mask, tau, exact_grad):
-    return v.new_empty(q.shape[0], q.shape[1], v.shape[2])
+    return v.new_empty(q.shape[0], q.shape[1], v.shape[-1])
 
 
 @torch.library.custom_op("yoso::expectation_backward", mutates_args=())
@@ -128,17 +129,20 @@ def _expectation_setup(ctx, inputs, output):
 
 def _expectation_backward(ctx, grad):
     q, k, v, q_mask, k_mask = ctx.saved_tensors
-    dq, dk, dv = expectation_backward(q, k, v, grad.float().contiguous(), q_mask, k_mask, ctx.tau, ctx.exact_grad)
-    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
-    return dq, dk, dv, None, None, None, None
+    v_rows = flat_rows(v)
+    dq, dk, dv = expectation_backward(q, k, v_rows, grad.float().contiguous(), q_mask, k_mask, ctx.tau,
+                                      ctx.exact_grad)  # fmt: skip
+    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v_rows, q_mask, k_mask)
+    return dq, dk, dv.view(v.shape), None, None, None, None
 
 
 expectation.register_autograd(_expectation_backward, setup_context=_expectation_setup)
 
 
 def prepare(q, k, v, mask):
-    """Validate and flatten leading dims: returns contiguous float32 (q, k, v) in (B, n, .) and the
-    (B, n) bool masks (q_mask, k_mask)."""
+    """Validate and flatten leading dims: returns float32 q, k as contiguous (B, n, d) rows, v, and the (B, n)
+    bool masks (q_mask, k_mask). Unmasked, v keeps its layout (..., S, dv): the ops copy its rows where they
+    read them and save v itself, which a model keeps anyway (YOSO-C's convolution), instead of a second copy."""
     check_qkv(q, k, v)
     n_q, n_k = q.shape[-2], k.shape[-2]
     q_shape = q.shape[:-1]
@@ -147,7 +151,7 @@ def prepare(q, k, v, mask):
     mask = check_mask("mask", mask, q_shape, q.device)
     q_mask = flat_mask(mask, q_shape, q.device)
     if mask is None:
-        return flat_rows(q), flat_rows(k), flat_rows(v), q_mask, flat_mask(None, k.shape[:-1], q.device)
+        return flat_rows(q), flat_rows(k), v.float(), q_mask, flat_mask(None, k.shape[:-1], q.device)
     # Padding may hold anything (NaN included): zero it, so that a padded batch equals the truncated one.
     rows = [flat_rows(t).masked_fill(~q_mask[..., None], 0.0) for t in (q, k, v)]
     return *rows, q_mask, q_mask

@@ -21,23 +21,24 @@ from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import code_dtype, draw_hash_functions, hash_pair
 from .nonfinite import poison_gradients, poison_output_
-from .normalize import unit_rows, unit_rows_backward
+from .normalize import flat_rows, unit_rows, unit_rows_backward
 
 
 @torch.library.custom_op("yoso::lsh", mutates_args=())
 def lsh(q: Tensor, k: Tensor, v: Tensor, hash_draw: Tensor, q_mask: Tensor, k_mask: Tensor, num_hash: int,
         tau: int, fast: bool, lsh_backward: bool, recompute_codes: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Sampled YOSO of (B, L, d) q, (B, S, d) k (raw rows), (B, S, dv) v float32 under the hash functions of
-    ``hash_draw``: (out (B, L, dv), q_codes (B, m, L), k_codes (B, m, S)). Differentiable in q, k and v; the
-    last two arguments only choose what the backward does and keeps."""
+    """Sampled YOSO of (B, L, d) q, (B, S, d) k (raw rows), v float32 (..., S, dv) in any layout whose leading
+    dims flatten to B (see ``prepare``) under the hash functions of ``hash_draw``: (out (B, L, dv), q_codes
+    (B, m, L), k_codes (B, m, S)). Differentiable in q, k and v; the last two arguments only choose what the
+    backward does and keeps."""
     q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)
-    return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau), q_codes, k_codes
+    return cumulate(q_codes, k_codes, flat_rows(v), q_mask, k_mask, 2**tau), q_codes, k_codes
 
 
 @lsh.register_fake
 def _(q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast, lsh_backward, recompute_codes):
     dtype = code_dtype(tau)
-    return (v.new_empty(q.shape[0], q.shape[1], v.shape[2]), q.new_empty((q.shape[0], num_hash, q.shape[1]), dtype=dtype),
+    return (v.new_empty(q.shape[0], q.shape[1], v.shape[-1]), q.new_empty((q.shape[0], num_hash, q.shape[1]), dtype=dtype),
             k.new_empty((k.shape[0], num_hash, k.shape[1]), dtype=dtype))  # fmt: skip
 
 
@@ -76,14 +77,14 @@ def _lsh_setup(ctx, inputs, output):
 def _lsh_backward(ctx, grad, *_codes_grads):
     q, k, v, q_mask, k_mask, *codes_source = ctx.saved_tensors
     num_hash, tau, _ = ctx.hashing
-    grad = grad.float().contiguous()
+    grad, v_rows = grad.float().contiguous(), flat_rows(v)
     if not ctx.lsh_backward:
-        dq, dk, dv = expectation_backward(q, k, v, grad, q_mask, k_mask, tau, False)
+        dq, dk, dv = expectation_backward(q, k, v_rows, grad, q_mask, k_mask, tau, False)
     else:
         codes = hash_pair(q, k, *codes_source, *ctx.hashing) if ctx.recompute else codes_source
-        dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, num_hash, tau)
-    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+        dq, dk, dv = lsh_backward(q, k, v_rows, grad, *codes, q_mask, k_mask, num_hash, tau)
+    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v_rows, q_mask, k_mask)
+    return dq, dk, dv.view(v.shape), None, None, None, None, None, None, None, None
 
 
 lsh.register_autograd(_lsh_backward, setup_context=_lsh_setup)

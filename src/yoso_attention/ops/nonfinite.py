@@ -22,8 +22,8 @@ def _nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _poisoned_keys(k: torch.Tensor, v: torch.Tensor, k_mask: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: some unmasked key or value holds NaN or Inf."""
-    return ((_nonfinite_rows(k) | _nonfinite_rows(v)) & k_mask).any(-1)
+    """(B,) bool: some unmasked key or value holds NaN or Inf; v (..., S, dv) in any layout that flattens to B."""
+    return ((_nonfinite_rows(k) | _nonfinite_rows(v).reshape(k_mask.shape)) & k_mask).any(-1)
 
 
 def poison_output_(out, q, k, v, q_mask, k_mask) -> torch.Tensor:
@@ -33,9 +33,10 @@ def poison_output_(out, q, k, v, q_mask, k_mask) -> torch.Tensor:
 
 
 def poison_gradients(grads, q, k, v, q_mask, k_mask):
-    """(dq, dk, dv), NaN on the unmasked positions of every (batch x head) row with a non-finite input."""
+    """In place: (dq, dk, dv), an op's fresh gradients, NaN on the unmasked positions of every (batch x head) row
+    with a non-finite input."""
     poisoned = (_nonfinite_rows(q) & q_mask).any(-1) | _poisoned_keys(k, v, k_mask)  # (B,)
     dq, dk, dv = grads
     q_rows, k_rows = (poisoned[:, None] & q_mask)[..., None], (poisoned[:, None] & k_mask)[..., None]
     nan = float("nan")
-    return dq.masked_fill(q_rows, nan), dk.masked_fill(k_rows, nan), dv.masked_fill(k_rows, nan)
+    return dq.masked_fill_(q_rows, nan), dk.masked_fill_(k_rows, nan), dv.masked_fill_(k_rows, nan)
