@@ -58,7 +58,7 @@ def measure(length: int, name: str) -> dict:
     from yoso_attention.training.args import resolve_args
     from yoso_attention.training.loop import build_model
 
-    exact_rss_mode()  # before the first allocation: heap chunks freed before it would be reused, never unmapped
+    exact_rss_mode()  # before the model's allocations: heap chunks freed before the switch are reused, never unmapped
     flags = {"preset": "mqar", "max_length": length, "hash": "gaussian", "hash_code_len_warmup_steps": 0,
              **ATTENTIONS[name]}  # fmt: skip
     if name.startswith("yoso rule"):
@@ -74,15 +74,14 @@ def measure(length: int, name: str) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    resident = []
     for _ in range(2):  # the first loads numba's kernels (yoso) and creates AdamW's state
         step()
-        release_free_heap()
-        resident.append((rss_bytes(), file_backed_bytes()))
+    release_free_heap()
+    resident, file_backed = rss_bytes(), file_backed_bytes()
     live = live_tensor_peak(step)
     hashing = f"tau {model.config.hash_code_len}, m {model.config.num_hash}" if name != "softmax" else ""
-    return {"hashing": hashing, "after steps": resident[1][0], "file-backed": resident[1][1], "step peak": [peak_bytes(step) for _ in range(3)],
-            "live peak": live}  # fmt: skip
+    return {"hashing": hashing, "after steps": resident, "file-backed": file_backed,
+            "step peak": [peak_bytes(step) for _ in range(3)], "live peak": live}  # fmt: skip
 
 
 def main() -> None:
