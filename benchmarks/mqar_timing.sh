@@ -12,7 +12,8 @@ for length in 1024 2048 4096; do
     read -r tau m < <(python3 -c "from yoso_attention.models.yoso.convert import hashing_for_length as rule
 print(*rule(8, 1, 128, $length))")
     for attention in "softmax" "yoso --num-hash 32 --hash-code-len 8 --hash gaussian --hash-code-len-warmup-steps 0" \
-                     "yoso --num-hash $m --hash-code-len $tau --hash gaussian --hash-code-len-warmup-steps 0" "yoso-e"; do
+                     "yoso --num-hash $m --hash-code-len $tau --hash gaussian --hash-code-len-warmup-steps 0" \
+                     "yoso-e --hash-code-len-warmup-steps 0"; do
         name=${attention%% *}-$length
         [[ $attention == *"--num-hash $m "* ]] && name=yoso-rule-$length
         read -ra flags <<< "$attention"
