@@ -21,10 +21,9 @@ def _load_model(model_dir: Path):
     kind = "mlm" if "MaskedLM" in architecture else "tokens" if "TokenClassification" in architecture else "sequence"
     cls = {"mlm": YosoForMaskedLM, "tokens": YosoForTokenClassification}.get(kind, YosoForSequenceClassification)
     model = cls.from_pretrained(model_dir).eval()
-    if getattr(config, "attention_kind", None) == "softmax":
-        from .training.softmax import use_softmax_attention
+    from .training.softmax import apply_recorded_attention
 
-        use_softmax_attention(model)
+    apply_recorded_attention(model)
     return model, kind
 
 

@@ -173,6 +173,20 @@ def test_bench_writes_table_json_and_plot(tmp_path):
     assert (tmp_path / "b" / "ops.png").stat().st_size > 1000
 
 
+def test_bench_measures_memory_in_a_fresh_process():
+    from yoso_attention.bench.ops import run_op_benchmark
+    from yoso_attention.bench.timing import in_fresh_process
+
+    assert in_fresh_process(os.getpid) != os.getpid()
+    heads, n, d = 2, 1024, 32
+    results = run_op_benchmark((n,), heads=heads, d=d, num_hash=4, tau=6, repeats=1, progress=lambda _: None)
+    output_mb = heads * n * d * 4 / 2**20  # 0.25 MB: above the 64 KB from which each allocation is mapped
+    for r in results:
+        assert 0 <= r.peak_mb < float("inf"), (r.method, r.pass_, r.peak_mb)  # measured (NaN until then)
+        if r.pass_ == "fwd":  # at least its output, however short the call (the sampler reads every millisecond)
+            assert r.peak_mb >= output_mb, (r.method, r.peak_mb)
+
+
 @pytest.mark.parametrize("flag", ["--repeats", "--heads", "--lengths"])
 def test_bench_rejects_sizes_below_one(capsys, flag):
     with pytest.raises(SystemExit):

@@ -18,7 +18,7 @@ import torch
 
 from ..models.yoso import YosoConfig, YosoModel
 from ..models.yoso.layers_yoso import YosoSelfAttention
-from .timing import exact_rss_mode, median_seconds, peak_bytes
+from .timing import exact_rss_mode, in_fresh_process, median_seconds, peak_bytes
 
 QUADRATIC_YOSO_MAX_N = 4096  # YOSO-E beyond: transformers' needs 12.9 GB per n x n matrix at n = 16384, ours minutes
 
@@ -89,9 +89,8 @@ def _step(model, ids, pass_: str):
     model(ids).last_hidden_state.sum().backward()
 
 
-def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, repeats: int = 1,
-                        methods: list[str] | None = None, passes=("eval",), batch: int = 1,
-                        progress=print) -> list[ModelResult]:  # fmt: skip
+def _plan(lengths, num_hash: int, tau: int, methods: list[str] | None, passes, batch: int) -> list[tuple]:
+    """(method, n, pass, ids, build, context) for every row, on ids seeded by n: the same in every process."""
     plan = []
     for pass_ in passes:
         for n in lengths:
@@ -99,22 +98,39 @@ def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, r
             plan += [(name, n, pass_, ids, build, context)
                      for name, (build, context) in _builders(n, num_hash, tau, pass_).items()
                      if not methods or name in methods]  # fmt: skip
+    return plan
+
+
+def _peaks_mb(threads: int, *settings) -> list[float]:
+    """Each row's peak RSS growth (MB) in the steady state; run in a fresh process (in_fresh_process)."""
+    torch.set_num_threads(threads)
+    exact_rss_mode()
+    peaks = []
+    for _, _, pass_, ids, build, context in _plan(*settings):
+        model = build().eval()
+        with context():
+            _step(model, ids, pass_)  # first-call costs (gradient buffers, kernel loading) apart
+            peaks.append(peak_bytes(lambda m=model: _step(m, ids, pass_)) / 2**20)
+        del model
+    return peaks
+
+
+def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, repeats: int = 1,
+                        methods: list[str] | None = None, passes=("eval",), batch: int = 1,
+                        progress=print) -> list[ModelResult]:  # fmt: skip
+    """Times every row here, then measures its peak memory in a fresh process (see timing.py)."""
+    settings = (tuple(lengths), num_hash, tau, methods, tuple(passes), batch)
     results = []
-    for name, n, pass_, ids, build, context in plan:  # timings first: exact_rss_mode below adds page faults
+    for name, n, pass_, ids, build, context in _plan(*settings):
         model = build().eval()
         with context():
             sec = median_seconds(lambda m=model: _step(m, ids, pass_), repeats=repeats, warmup=1)
         del model
         results.append(ModelResult(name, n, pass_, sec, float("nan")))
         progress(f"n={n:6d} {pass_:5s} {name:30s} {sec:8.2f} s")
-    exact_rss_mode()
-    for result, (name, n, pass_, ids, build, context) in zip(results, plan):
-        model = build().eval()
-        with context():
-            _step(model, ids, pass_)  # the steady state: first-call costs (gradient buffers, kernel loading) apart
-            result.peak_mb = peak_bytes(lambda m=model: _step(m, ids, pass_)) / 2**20
-        del model
-        progress(f"n={n:6d} {pass_:5s} {name:30s} peak {result.peak_mb:8.0f} MB")
+    for result, peak in zip(results, in_fresh_process(_peaks_mb, torch.get_num_threads(), *settings), strict=True):
+        result.peak_mb = peak
+        progress(f"n={result.n:6d} {result.pass_:5s} {result.method:30s} peak {peak:8.0f} MB")
     return results
 
 

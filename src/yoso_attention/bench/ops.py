@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import yoso_expectation, yoso_lsh
-from .timing import exact_rss_mode, median_seconds, peak_bytes
+from .timing import exact_rss_mode, in_fresh_process, median_seconds, peak_bytes
 
 DENSE_MAX_BYTES = 1 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this (n > 4096)
 
@@ -50,17 +50,9 @@ def model_layout(x: torch.Tensor) -> torch.Tensor:
     return x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(x.requires_grad)
 
 
-def run_op_benchmark(
-    lengths=(512, 1024, 2048, 4096, 8192, 16384),
-    heads: int = 12,
-    d: int = 64,
-    num_hash: int = 32,
-    tau: int = 9,
-    backward: bool = True,
-    repeats: int = 3,
-    progress=print,
-) -> list[OpResult]:
-    results, calls = [], []
+def _calls(lengths, heads: int, d: int, num_hash: int, tau: int, backward: bool, progress=print) -> list[tuple]:
+    """(method, n, pass, call) for every row, on inputs seeded by n: the same in every process."""
+    calls = []
     for n in lengths:
         gen = torch.Generator().manual_seed(n)
         q, k, v = (torch.randn(1, heads, n, d, generator=gen) for _ in range(3))
@@ -72,16 +64,42 @@ def run_op_benchmark(
             if backward:
                 qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
                 calls.append((name, n, "fwd+bwd", lambda fn=fn, qg=qg, kg=kg, vg=vg: fn(qg, kg, vg).sum().backward()))
-    for name, n, pass_name, call in calls:  # all timings first: exact_rss_mode below adds page faults
+    return calls
+
+
+def _peaks_mb(threads: int, *sizes) -> list[float]:
+    """Each row's peak RSS growth (MB) after one warm-up call; run in a fresh process (in_fresh_process)."""
+    torch.set_num_threads(threads)
+    exact_rss_mode()
+    peaks = []
+    for _, _, pass_name, call in _calls(*sizes, progress=lambda _: None):
+        with torch.set_grad_enabled(pass_name != "fwd"):
+            call()  # first-call costs (kernel loading) apart
+            peaks.append(peak_bytes(call) / 2**20)
+    return peaks
+
+
+def run_op_benchmark(
+    lengths=(512, 1024, 2048, 4096, 8192, 16384),
+    heads: int = 12,
+    d: int = 64,
+    num_hash: int = 32,
+    tau: int = 9,
+    backward: bool = True,
+    repeats: int = 3,
+    progress=print,
+) -> list[OpResult]:
+    """Times every row here, then measures its peak memory in a fresh process (see timing.py)."""
+    sizes = (tuple(lengths), heads, d, num_hash, tau, backward)
+    results = []
+    for name, n, pass_name, call in _calls(*sizes, progress=progress):
         with torch.set_grad_enabled(pass_name != "fwd"):
             sec = median_seconds(call, repeats=repeats)
         results.append(OpResult(name, n, pass_name, sec, float("nan")))
         progress(f"n={n:6d} {name:13s} {pass_name:8s} {sec * 1e3:10.1f} ms")
-    exact_rss_mode()
-    for result, (name, n, pass_name, call) in zip(results, calls):
-        with torch.set_grad_enabled(pass_name != "fwd"):
-            result.peak_mb = peak_bytes(call) / 2**20
-        progress(f"n={n:6d} {name:13s} {pass_name:8s} peak {result.peak_mb:8.1f} MB")
+    for result, peak in zip(results, in_fresh_process(_peaks_mb, torch.get_num_threads(), *sizes), strict=True):
+        result.peak_mb = peak
+        progress(f"n={result.n:6d} {result.method:13s} {result.pass_:8s} peak {peak:8.1f} MB")
     return results
 
 

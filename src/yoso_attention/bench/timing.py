@@ -2,14 +2,18 @@
 
 Peak memory is the process's resident set size (RSS) sampled every millisecond by a background thread,
 minus the RSS before the call: it counts torch, numpy (numba scratch) and allocator overheads alike.
-glibc keeps freed memory for reuse, which hides later allocations from RSS: each measurement starts with
-``malloc_trim``, and ``exact_rss_mode`` makes every allocation above 64 KB its own mapping, returned on
-free. Both add page faults, so timings are taken before memory is measured.
+glibc keeps freed memory for reuse, which hides later allocations from RSS and, fragmented, inflates it: each
+measurement starts with ``malloc_trim``, and ``exact_rss_mode`` makes every allocation above 64 KB its own
+mapping, returned on free. It must be set before the measured work allocates anything, since heap chunks freed
+earlier stay in the heap and are reused, so the benchmarks measure memory in a fresh process
+(``in_fresh_process``) after timing in their own: the mode's page faults would slow the timings.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
+import multiprocessing
 import os
 import statistics
 import threading
@@ -83,7 +87,16 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3, warmup: int = 1, 
 
 
 def peak_bytes(fn: Callable[[], object]) -> int:
-    """Peak RSS growth during one call of ``fn()`` (call ``exact_rss_mode()`` once beforehand)."""
+    """Peak RSS growth during one call of ``fn()`` (in a process whose work began after ``exact_rss_mode()``)."""
     with PeakRSS() as mem:
-        fn()
+        result = fn()  # held until the last reading: a call's output is part of its peak, however short the call
+    del result
     return mem.peak
+
+
+def in_fresh_process(fn: Callable[..., object], *args) -> object:
+    """``fn(*args)`` run in a new interpreter (spawned, not forked: a fork inherits this process's heap);
+    ``fn`` must be a module-level function, its arguments and result picklable."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()

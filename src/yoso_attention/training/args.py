@@ -252,11 +252,12 @@ def resolve_args(explicit: dict) -> TrainArgs:
         raise ValueError(f"--preset {preset!r}: expected one of {tuple(PRESETS)}")
     preset_values = PRESETS[preset] if preset else {}
     values = {**preset_values, **explicit}
-    if explicit.get("init_from"):  # a preset's hashing is for fresh models
+    trained = bool(explicit.get("init_from"))
+    if trained:  # a preset's hashing is for fresh models
         values.update({name: explicit.get(name) for name in HASHING_FIELDS})
     # A preset's tau schedule is for a fresh model of its own attention, and is taken whole or not at all.
     own_attention = explicit.get("attention", preset_values.get("attention")) == preset_values.get("attention")
-    if explicit.get("init_from") or not own_attention or any(name in explicit for name in TAU_SCHEDULE_FIELDS):
+    if trained or not own_attention or any(name in explicit for name in TAU_SCHEDULE_FIELDS):
         for name in TAU_SCHEDULE_FIELDS:
             if name not in explicit:
                 values.pop(name, None)

@@ -33,7 +33,7 @@ from .checkpoint import find_checkpoint, load_state, restore_rng, save_checkpoin
 from .data import MlmSplit, Split, load_splits
 from .distributed import is_first_rank, process_group, training_device
 from .plot import MISSING_MATPLOTLIB, have_matplotlib, plot_runs
-from .softmax import use_softmax_attention
+from .softmax import apply_recorded_attention
 
 MODEL_CLASSES = {"mlm": YosoForMaskedLM, "mqar": YosoForTokenClassification}  # else sequence classification
 
@@ -75,8 +75,7 @@ def build_model(args: TrainArgs, vocab_size: int, pad_id: int, num_classes: int 
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {name: i for i, name in enumerate(names)}
     model.config.recompute_hash_codes = args.recompute_hash_codes  # training memory, also for --init-from models
-    if getattr(model.config, "attention_kind", None) == "softmax":
-        use_softmax_attention(model)
+    apply_recorded_attention(model)
     return model
 
 

@@ -25,3 +25,9 @@ def use_softmax_attention(model) -> None:
         if type(module) is YosoSelfAttention:
             module.__class__ = SoftmaxSelfAttention
     model.config.attention_kind = "softmax"
+
+
+def apply_recorded_attention(model) -> None:
+    """Give a loaded or built model the attention its config records (``attention_kind``; YOSO unless softmax)."""
+    if getattr(model.config, "attention_kind", None) == "softmax":
+        use_softmax_attention(model)
