@@ -18,7 +18,7 @@ import torch
 
 from ..models.yoso import YosoConfig, YosoModel
 from ..models.yoso.layers_yoso import YosoSelfAttention
-from .timing import exact_rss_mode, in_fresh_process, median_seconds, peak_bytes
+from .timing import in_fresh_process, median_seconds, peak_bytes
 
 QUADRATIC_YOSO_MAX_N = 4096  # YOSO-E beyond: transformers' needs 12.9 GB per n x n matrix at n = 16384, ours minutes
 
@@ -101,10 +101,8 @@ def _plan(lengths, num_hash: int, tau: int, methods: list[str] | None, passes, b
     return plan
 
 
-def _peaks_mb(threads: int, *settings) -> list[float]:
+def _peaks_mb(*settings) -> list[float]:
     """Each row's peak RSS growth (MB) in the steady state; run in a fresh process (in_fresh_process)."""
-    torch.set_num_threads(threads)
-    exact_rss_mode()
     peaks = []
     for _, _, pass_, ids, build, context in _plan(*settings):
         model = build().eval()
@@ -128,7 +126,7 @@ def run_model_benchmark(lengths=(512, 4096), num_hash: int = 64, tau: int = 9, r
         del model
         results.append(ModelResult(name, n, pass_, sec, float("nan")))
         progress(f"n={n:6d} {pass_:5s} {name:30s} {sec:8.2f} s")
-    for result, peak in zip(results, in_fresh_process(_peaks_mb, torch.get_num_threads(), *settings), strict=True):
+    for result, peak in zip(results, in_fresh_process(_peaks_mb, *settings), strict=True):
         result.peak_mb = peak
         progress(f"n={result.n:6d} {result.pass_:5s} {result.method:30s} peak {peak:8.0f} MB")
     return results

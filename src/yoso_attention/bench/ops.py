@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import yoso_expectation, yoso_lsh
-from .timing import exact_rss_mode, in_fresh_process, median_seconds, peak_bytes
+from .timing import in_fresh_process, median_seconds, peak_bytes
 
 DENSE_MAX_BYTES = 1 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this (n > 4096)
 
@@ -67,10 +67,8 @@ def _calls(lengths, heads: int, d: int, num_hash: int, tau: int, backward: bool,
     return calls
 
 
-def _peaks_mb(threads: int, *sizes) -> list[float]:
+def _peaks_mb(*sizes) -> list[float]:
     """Each row's peak RSS growth (MB) after one warm-up call; run in a fresh process (in_fresh_process)."""
-    torch.set_num_threads(threads)
-    exact_rss_mode()
     peaks = []
     for _, _, pass_name, call in _calls(*sizes, progress=lambda _: None):
         with torch.set_grad_enabled(pass_name != "fwd"):
@@ -97,7 +95,7 @@ def run_op_benchmark(
             sec = median_seconds(call, repeats=repeats)
         results.append(OpResult(name, n, pass_name, sec, float("nan")))
         progress(f"n={n:6d} {name:13s} {pass_name:8s} {sec * 1e3:10.1f} ms")
-    for result, peak in zip(results, in_fresh_process(_peaks_mb, torch.get_num_threads(), *sizes), strict=True):
+    for result, peak in zip(results, in_fresh_process(_peaks_mb, *sizes), strict=True):
         result.peak_mb = peak
         progress(f"n={result.n:6d} {result.method:13s} {result.pass_:8s} peak {peak:8.1f} MB")
     return results

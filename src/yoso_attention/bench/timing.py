@@ -95,8 +95,19 @@ def peak_bytes(fn: Callable[[], object]) -> int:
 
 
 def in_fresh_process(fn: Callable[..., object], *args) -> object:
-    """``fn(*args)`` run in a new interpreter (spawned, not forked: a fork inherits this process's heap);
+    """``fn(*args)`` in a new interpreter (spawned, not forked: a fork inherits this process's heap) with this
+    process's torch threads and ``exact_rss_mode`` on before ``fn`` allocates anything: where memory is measured.
     ``fn`` must be a module-level function, its arguments and result picklable."""
+    import torch
+
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+        return pool.submit(_call_in_exact_mode, torch.get_num_threads(), fn, *args).result()
+
+
+def _call_in_exact_mode(threads: int, fn: Callable[..., object], *args) -> object:
+    import torch
+
+    torch.set_num_threads(threads)
+    exact_rss_mode()
+    return fn(*args)
