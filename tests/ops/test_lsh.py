@@ -62,19 +62,23 @@ def test_crowded_buckets_use_outer_product_form_exactly(backend):
 @pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
                                                                                                    "query_major"])
 def test_weighted_kernels_match_the_dense_formula(kernel, codes):
-    # dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j and dk_j likewise; "crowded" puts 30 queries and
-    # 40 keys in bucket 0 under every hash, which both kernels must do in the outer-product form.
+    # dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j and dk_j likewise, the unit rows formed from raw
+    # rows and inverse norms as read; "crowded" puts 30 queries and 40 keys in bucket 0 under every hash, which both
+    # kernels must do in the outer-product form.
     from yoso_attention.ops.backend import numba_kernels
 
     n_b, n_q, n_k, d, dv, m = 2, 37, 53, 5, 7, 3
     q_codes, k_codes = torch.randint(0, 16, (n_b, m, n_q)), torch.randint(0, 16, (n_b, m, n_k))
     if codes == "crowded":
         q_codes[:, :, :30], k_codes[:, :, :40] = 0, 0
-    qn, dout = torch.randn(n_b, n_q, d), torch.randn(n_b, n_q, dv)
-    kn, v = torch.randn(n_b, n_k, d), torch.randn(n_b, n_k, dv)
+    q, dout = torch.randn(n_b, n_q, d), torch.randn(n_b, n_q, dv)
+    k, v = torch.randn(n_b, n_k, d), torch.randn(n_b, n_k, dv)
+    q_inv, k_inv = torch.rand(n_b, n_q) + 0.5, torch.rand(n_b, n_k) + 0.5  # any per-row scales
+    qn, kn = q * q_inv[..., None], k * k_inv[..., None]
     q_mask, k_mask = torch.rand(n_b, n_q) > 0.2, torch.rand(n_b, n_k) > 0.2
     dq, dk = torch.zeros(n_b, n_q, d), torch.zeros(n_b, n_k, d)
-    arrays = [t.numpy() for t in (q_codes.to(torch.int16), k_codes.to(torch.int16), qn, kn, v, dout, q_mask, k_mask)]
+    arrays = [t.numpy() for t in (q_codes.to(torch.int16), k_codes.to(torch.int16), q, k, q_inv, k_inv, v, dout,
+                                  q_mask, k_mask)]  # fmt: skip
     getattr(numba_kernels(v), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
     pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1)  # (B, nq, nk): collisions over hashes
     w = pairs * q_mask[..., None] * k_mask[:, None] * (dout.double() @ v.double().transpose(1, 2))
@@ -228,6 +232,33 @@ def test_sampled_backward_keeps_small_codes_and_no_unit_rows(tau, code_dtype):
     assert [(t.dtype, tuple(t.shape)) for t in codes] == [(code_dtype, (batch * heads, m, n))] * 2
     out.sum().backward()
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def live_tensor_peak(fn) -> int:
+    """The largest total of torch allocations alive at once during fn(), in bytes (torch.profiler's timeline)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])
+def test_sampled_backward_allocates_its_three_gradients_and_little_else(recompute):
+    """The backward forms the unit rows as its kernels read them, normalises the gradients in place and passes
+    the output's gradient through the NaN rule uncopied: at its peak it holds dq, dk, dv (3 blocks of q's size)
+    and row-sized scraps. It held 8 blocks before (unit rows, their gradients, a copy of the output gradient)."""
+    q, k, v = (torch.randn(4, 1024, 32, requires_grad=True) for _ in range(3))
+    out = yoso_lsh(q, k, v, num_hash=8, hash_code_len=9, generator=gen(), recompute_codes=recompute)
+    grad = torch.randn_like(out)
+    codes = 2 * 4 * 8 * 1024 * 2  # q's and k's int16 codes: rehashed, or counted where the backward first reads them
+    assert live_tensor_peak(lambda: out.backward(grad)) < 3 * q.nbytes + 2 * codes + q.nbytes / 4
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])

@@ -97,33 +97,38 @@ def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     return n_keys * d <= 64 * n_buckets
 
 
-def _weighted_numba(kernels, q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
-    dq, dk = torch.zeros(qn.shape), torch.zeros(kn.shape)  # contiguous whatever qn's layout
-    arrays = [as_numpy(t) for t in (q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask)]
-    sparse = _sparse_buckets(kn.shape[1], kn.shape[2], n_buckets)
+def _weighted_numba(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
+    dq, dk = torch.zeros(q.shape), torch.zeros(k.shape)  # contiguous whatever q's layout
+    q_inv, k_inv = q_norm.reciprocal().flatten(1), k_norm.reciprocal().flatten(1)  # (B, n)
+    arrays = [as_numpy(t) for t in (q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask, k_mask)]
+    sparse = _sparse_buckets(k.shape[1], k.shape[2], n_buckets)
     kernel = kernels.lsh_weighted_backward_sparse if sparse else kernels.lsh_weighted_backward
     kernel(*arrays, n_buckets, dq.numpy(), dk.numpy())
     return dq, dk
 
 
-def _weighted_torch_pair(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
+def _weighted_torch_pair(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
+    qn, kn = q / q_norm, k / k_norm
     dq = _weighted_torch(q_codes, k_codes, q_mask, k_mask, dout, v, kn, n_buckets)
     dk = _weighted_torch(k_codes, q_codes, k_mask, q_mask, v, dout, qn, n_buckets)
     return dq, dk
 
 
 @torch.library.custom_op("yoso::weighted_backward", mutates_args=())
-def weighted_backward(q_codes: Tensor, k_codes: Tensor, qn: Tensor, kn: Tensor, v: Tensor, dout: Tensor,
-                      q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(dq, dk) with dq_i = sum_h sum_{j collides} (dout_i . v_j) kn_j and dk_j = sum_h sum_i (...) qn_i,
-    over unmasked pairs (no 1/m and no tau/2 factor)."""
-    return dispatch(_weighted_numba, _weighted_torch_pair, q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask,
-                    n_buckets)  # fmt: skip
+def weighted_backward(q_codes: Tensor, k_codes: Tensor, q: Tensor, k: Tensor, q_norm: Tensor, k_norm: Tensor,
+                      v: Tensor, dout: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int
+                      ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(dqn, dkn), the gradients w.r.t. the unit rows qn = q / q_norm and kn = k / k_norm: dqn_i = sum_h
+    sum_{j collides} (dout_i . v_j) kn_j and dkn_j = sum_h sum_i (...) qn_i, over unmasked pairs (no 1/m and no
+    tau/2 factor). Raw rows q (B, L, d), k (B, S, d) and their norms (B, n, 1): the CPU kernels form the unit rows
+    as they read them."""
+    return dispatch(_weighted_numba, _weighted_torch_pair, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask,
+                    k_mask, n_buckets)  # fmt: skip
 
 
 @weighted_backward.register_fake
-def _(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets):
-    return qn.new_empty(qn.shape), kn.new_empty(kn.shape)
+def _(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
 def flat_mask(mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:

@@ -93,7 +93,7 @@ def _backward_blocks(kernels, q, k, v, dout, q_mask, k_mask, tau: int, exact: bo
     """Gradients w.r.t. the raw q, k and v."""
     (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
     dqn, dkn, dv = expectation_backward_unit(kernels, qn, kn, v, dout, q_mask, k_mask, tau, exact)
-    return unit_rows_backward(qn, q_norm, dqn), unit_rows_backward(kn, k_norm, dkn), dv
+    return unit_rows_backward(qn, q_norm, dqn, in_place=True), unit_rows_backward(kn, k_norm, dkn, in_place=True), dv
 
 
 @torch.library.custom_op("yoso::expectation", mutates_args=())

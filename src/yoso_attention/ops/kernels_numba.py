@@ -251,13 +251,14 @@ def _crowded(nq, nk, d, dv):
 
 
 @njit(inline="always", fastmath=True)
-def _sum_outer(b, idx, x, y, mat):
-    """mat = sum over the rows i in idx of x_i y_i^T."""
+def _sum_outer(b, idx, x, x_scale, y, mat):
+    """mat = sum over the rows i in idx of (x_scale_i x_i) y_i^T."""
     mat[:] = 0.0
     for i in idx:
         for r in range(mat.shape[0]):
+            xs = x[b, i, r] * x_scale[b, i]
             for l in range(mat.shape[1]):
-                mat[r, l] += x[b, i, r] * y[b, i, l]
+                mat[r, l] += xs * y[b, i, l]
 
 
 @njit(inline="always", fastmath=True)
@@ -272,19 +273,20 @@ def _add_products(b, idx, mat, y, out):
 
 
 @njit(inline="always", fastmath=True)
-def _bucket_outer_products(b, q_idx, k_idx, qn, kn, v, dout, a_mat, b_mat, dq, dk):
+def _bucket_outer_products(b, q_idx, k_idx, q, k, q_inv, k_inv, v, dout, a_mat, b_mat, dq, dk):
     """One bucket's exact update as d x dv matrices: dq_i += A dout_i, A = sum_j kn_j v_j^T, and
     dk_j += B v_j, B = sum_i qn_i dout_i^T, over the queries q_idx and keys k_idx of the bucket."""
-    _sum_outer(b, k_idx, kn, v, a_mat)
-    _sum_outer(b, q_idx, qn, dout, b_mat)
+    _sum_outer(b, k_idx, k, k_inv, v, a_mat)
+    _sum_outer(b, q_idx, q, q_inv, dout, b_mat)
     _add_products(b, q_idx, a_mat, dout, dq)
     _add_products(b, k_idx, b_mat, v, dk)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets, dq, dk):
+def lsh_weighted_backward(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     """Accumulate, over hashes and colliding unmasked pairs (i, j): w = dout_i . v_j,
-    dq_i += w * kn_j, dk_j += w * qn_i.
+    dq_i += w * kn_j, dk_j += w * qn_i, with the unit rows qn_i = q_inv_i q_i, kn_j = k_inv_j k_j formed as read
+    (q_inv, k_inv (B, n): inverse row norms), so that the backward holds no copy of q and k.
 
     Bucket-major, for buckets holding several keys: per hash, queries and keys are sorted by code, and each
     bucket takes the cheaper of two exact forms: the pairwise sum (cost ~ nq * nk * (dv + 2d)) or the
@@ -293,7 +295,7 @@ def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_b
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
-    d = qn.shape[2]
+    d = q.shape[2]
     dv = v.shape[2]
     for b in prange(n_b):
         q_start = np.zeros(n_buckets + 1, dtype=np.int64)
@@ -312,8 +314,8 @@ def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_b
                     continue
                 if _crowded(nq, nk, d, dv):
                     _bucket_outer_products(b, q_order[q_start[c] : q_start[c + 1]],
-                                           k_order[k_start[c] : k_start[c + 1]], qn, kn, v, dout, a_mat, b_mat,
-                                           dq, dk)  # fmt: skip
+                                           k_order[k_start[c] : k_start[c + 1]], q, k, q_inv, k_inv, v, dout,
+                                           a_mat, b_mat, dq, dk)  # fmt: skip
                     continue
                 for ii in range(q_start[c], q_start[c + 1]):
                     i = q_order[ii]
@@ -322,9 +324,10 @@ def lsh_weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_b
                         w = np.float32(0.0)
                         for l in range(dv):
                             w += dout[b, i, l] * v[b, j, l]
+                        wq, wk = w * k_inv[b, j], w * q_inv[b, i]
                         for l in range(d):
-                            dq[b, i, l] += w * kn[b, j, l]
-                            dk[b, j, l] += w * qn[b, i, l]
+                            dq[b, i, l] += wq * k[b, j, l]
+                            dk[b, j, l] += wk * q[b, i, l]
 
 
 @njit(inline="always")
@@ -370,7 +373,7 @@ def _unlink_crowded(q_codes, q_mask, head, k_count, d, dv):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, n_buckets, dq, dk):
+def lsh_weighted_backward_sparse(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     """``lsh_weighted_backward`` query-major, for tables with few keys per bucket (most buckets empty).
 
     Each query walks its bucket's key list under every hash, keeping its dq row in one accumulator: no sort
@@ -379,7 +382,7 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_ma
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
-    d = qn.shape[2]
+    d = q.shape[2]
     dv = v.shape[2]
     for b in prange(n_b):
         head, nxt, k_count = _bucket_lists(k_codes[b], k_mask[b], n_buckets)
@@ -389,15 +392,17 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_ma
             if not q_mask[b, i]:
                 continue
             acc[:] = 0.0
+            qi_inv = q_inv[b, i]
             for h in range(m):
                 j = head[h, q_codes[b, h, i]]
                 while j >= 0:
                     w = np.float32(0.0)
                     for l in range(dv):
                         w += dout[b, i, l] * v[b, j, l]
+                    wq, wk = w * k_inv[b, j], w * qi_inv
                     for l in range(d):
-                        acc[l] += w * kn[b, j, l]
-                        dk[b, j, l] += w * qn[b, i, l]
+                        acc[l] += wq * k[b, j, l]
+                        dk[b, j, l] += wk * q[b, i, l]
                     j = nxt[h, j]
             for l in range(d):
                 dq[b, i, l] += acc[l]
@@ -414,8 +419,8 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, qn, kn, v, dout, q_mask, k_ma
             for c in range(n_buckets):
                 if k_count[h, c] == -1:
                     _bucket_outer_products(b, q_order[q_start[c] : q_start[c + 1]],
-                                           k_order[k_start[c] : k_start[c + 1]], qn, kn, v, dout, a_mat, b_mat,
-                                           dq, dk)  # fmt: skip
+                                           k_order[k_start[c] : k_start[c + 1]], q, k, q_inv, k_inv, v, dout,
+                                           a_mat, b_mat, dq, dk)  # fmt: skip
 
 
 @njit(inline="always", fastmath=True)
@@ -489,9 +494,10 @@ def collision_prob_and_weight_(cos, dov, k_mask, tau, exact, eps):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def unit_rows_backward(xn, norm, grad, eps, short_scale, out):
-    """out[b, i] = (grad - xn (xn . grad)) / norm for rows with norm > eps, grad * short_scale otherwise; one pass."""
-    n_b, n, d = xn.shape
+def unit_rows_backward(x, raw, norm, grad, eps, short_scale, out):
+    """out[b, i] = (grad - xn (xn . grad)) / norm for rows with norm > eps, grad * short_scale otherwise; one pass.
+    xn = x / norm for raw rows x, else x itself. out may be grad (each element is read before it is written)."""
+    n_b, n, d = x.shape
     for t in prange(n_b * n):
         b = t // n
         i = t % n
@@ -499,7 +505,9 @@ def unit_rows_backward(xn, norm, grad, eps, short_scale, out):
         inv = np.float32(short_scale)
         if norm[b, i, 0] > eps:
             for l in range(d):
-                radial += xn[b, i, l] * grad[b, i, l]
+                radial += x[b, i, l] * grad[b, i, l]
             inv = np.float32(1.0) / norm[b, i, 0]
+            if raw:
+                radial *= inv * inv  # xn (xn . grad) = x (x . grad) / norm^2
         for l in range(d):
-            out[b, i, l] = (grad[b, i, l] - xn[b, i, l] * radial) * inv
+            out[b, i, l] = (grad[b, i, l] - x[b, i, l] * radial) * inv

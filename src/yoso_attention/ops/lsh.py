@@ -21,7 +21,7 @@ from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import code_dtype, draw_hash_functions, hash_pair
 from .nonfinite import poison_gradients, poison_output_
-from .normalize import flat_rows, unit_rows, unit_rows_backward
+from .normalize import flat_rows, row_norms, unit_rows_backward
 
 
 @torch.library.custom_op("yoso::lsh", mutates_args=())
@@ -47,11 +47,12 @@ def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor,
                  k_mask: Tensor, num_hash: int, tau: int) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """(dq, dk, dv) of ``lsh`` from the forward's codes in linear time: dv is the cumulation with queries and keys
     swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows."""
-    (qn, q_norm), (kn, k_norm) = unit_rows(q), unit_rows(k)
+    q_norm, k_norm = row_norms(q), row_norms(k)  # (B, n, 1): the unit rows are never stored
     dv = cumulate(k_codes, q_codes, dout, k_mask, q_mask, 2**tau)
-    dqn, dkn = weighted_backward(q_codes, k_codes, qn, kn, v, dout, q_mask, k_mask, 2**tau)
+    dqn, dkn = weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, 2**tau)
     scale = tau / (2 * num_hash)
-    dq, dk = unit_rows_backward(qn, q_norm, dqn.mul_(scale)), unit_rows_backward(kn, k_norm, dkn.mul_(scale))
+    dq = unit_rows_backward(q, q_norm, dqn.mul_(scale), in_place=True, raw=True)
+    dk = unit_rows_backward(k, k_norm, dkn.mul_(scale), in_place=True, raw=True)
     return dq, dk, dv
 
 

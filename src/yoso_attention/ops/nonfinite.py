@@ -27,9 +27,11 @@ def _poisoned_keys(k: torch.Tensor, v: torch.Tensor, k_mask: torch.Tensor) -> to
 
 
 def poison_output_(out, q, k, v, q_mask, k_mask) -> torch.Tensor:
-    """In place: out (B, L, dv), an op's fresh output, with NaN in the rows that softmax attention makes NaN."""
+    """In place: out (B, L, dv), an op's fresh output, with NaN in the rows that softmax attention makes NaN.
+    Added (0 or NaN a row) rather than masked_fill_, whose backward copies the output's gradient: an in-place add
+    passes it on as it is (the poisoned rows' input gradients are NaN anyway, see ``poison_gradients``)."""
     rows = (_nonfinite_rows(q) | _poisoned_keys(k, v, k_mask)[:, None]) & q_mask  # (B, L)
-    return out.masked_fill_(rows[..., None], float("nan"))
+    return out.add_(torch.zeros_like(rows, dtype=out.dtype).masked_fill_(rows, float("nan"))[..., None])
 
 
 def poison_gradients(grads, q, k, v, q_mask, k_mask):
