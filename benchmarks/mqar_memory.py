@@ -37,22 +37,8 @@ def file_backed_bytes() -> int:
     return (int(fields["Rss"].split()[0]) - int(fields["Anonymous"].split()[0])) * 1024
 
 
-def live_tensor_peak(step) -> int:
-    """The largest total of live torch allocations during one call of step(), in bytes."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
-        step()
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
-
-
 def measure(length: int, name: str) -> dict:
-    from yoso_attention.bench.timing import exact_rss_mode, peak_bytes, rss_bytes
+    from yoso_attention.bench.timing import exact_rss_mode, live_tensor_peak, peak_bytes, rss_bytes
     from yoso_attention.heap import release_free_heap
     from yoso_attention.models.yoso.convert import hashing_for_length
     from yoso_attention.training.args import resolve_args

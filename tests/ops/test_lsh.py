@@ -234,20 +234,6 @@ def test_sampled_backward_keeps_small_codes_and_no_unit_rows(tau, code_dtype):
     assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-def live_tensor_peak(fn) -> int:
-    """The largest total of torch allocations alive at once during fn(), in bytes (torch.profiler's timeline)."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
-
-
 @pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])
 def test_sampled_backward_allocates_its_three_gradients_and_little_else(recompute):
     """The backward forms the unit rows as its kernels read them, normalises the gradients in place and passes
@@ -256,6 +242,8 @@ def test_sampled_backward_allocates_its_three_gradients_and_little_else(recomput
     q, k, v = (torch.randn(4, 1024, 32, requires_grad=True) for _ in range(3))
     out = yoso_lsh(q, k, v, num_hash=8, hash_code_len=9, generator=gen(), recompute_codes=recompute)
     grad = torch.randn_like(out)
+    from yoso_attention.bench.timing import live_tensor_peak
+
     codes = 2 * 4 * 8 * 1024 * 2  # q's and k's int16 codes: rehashed, or counted where the backward first reads them
     assert live_tensor_peak(lambda: out.backward(grad)) < 3 * q.nbytes + 2 * codes + q.nbytes / 4
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -94,6 +94,21 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mem.peak
 
 
+def live_tensor_peak(fn: Callable[[], object]) -> int:
+    """The largest total of torch allocations alive at once during fn(), in bytes (torch.profiler's memory
+    timeline): what tensors need, which neither the allocator's heap nor a runtime's pages blur."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
+        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
+        peak = max(peak, live)
+    return peak
+
+
 def in_fresh_process(fn: Callable[..., object], *args) -> object:
     """``fn(*args)`` in a new interpreter (spawned, not forked: a fork inherits this process's heap) with this
     process's torch threads and ``exact_rss_mode`` on before ``fn`` allocates anything: where memory is measured.
