@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import GRAD_TOL, OUT_TOL, grad_errors, rel_err
+from yoso_attention.bench.timing import live_tensor_peak
 from yoso_attention.ops import hash_codes, lsh_cumulation, yoso_expectation, yoso_lsh
 from yoso_attention.ops.reference import sampled_collision_matrix, yoso_lsh_reference
 
@@ -242,8 +243,6 @@ def test_sampled_backward_allocates_its_three_gradients_and_little_else(recomput
     q, k, v = (torch.randn(4, 1024, 32, requires_grad=True) for _ in range(3))
     out = yoso_lsh(q, k, v, num_hash=8, hash_code_len=9, generator=gen(), recompute_codes=recompute)
     grad = torch.randn_like(out)
-    from yoso_attention.bench.timing import live_tensor_peak
-
     codes = 2 * 4 * 8 * 1024 * 2  # q's and k's int16 codes: rehashed, or counted where the backward first reads them
     assert live_tensor_peak(lambda: out.backward(grad)) < 3 * q.nbytes + 2 * codes + q.nbytes / 4
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -53,16 +53,17 @@ def _unit_rows_backward_torch(x, norm, grad, short_rows: bool, in_place: bool, r
     return out if short_rows else out.masked_fill_(short, 0.0)
 
 
-def unit_rows_backward(xn: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor, short_rows: bool = True,
+def unit_rows_backward(rows: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor, short_rows: bool = True,
                        in_place: bool = False, raw: bool = False) -> torch.Tensor:  # fmt: skip
-    """Gradient w.r.t. x of x / max(|x|, eps) given the gradient w.r.t. its output: (grad - xn (xn . grad)) / |x|,
+    """Gradient w.r.t. x of xn = x / max(|x|, eps) given the gradient w.r.t. xn: (grad - xn (xn . grad)) / |x|,
     and for rows shorter than eps (where the norm is the constant eps) grad / eps (short_rows) or zero.
-    xn, grad (..., d), norm (..., 1), float32; raw: xn holds the raw rows x instead (the unit rows are formed as
-    read, never stored). in_place: written into grad (the caller's own fresh buffer), so a backward holds one
-    gradient of x's size instead of two."""
-    if {xn.dtype, norm.dtype, grad.dtype} != {torch.float32}:  # the kernel is fp32 only
-        return _unit_rows_backward_torch(xn, norm, grad, short_rows, in_place, raw)
-    return dispatch(_unit_rows_backward_numba, _unit_rows_backward_torch, xn, norm, grad, short_rows, in_place, raw)
+    rows: the unit rows xn, or with raw the rows x themselves (xn is then formed as read, never stored); rows,
+    grad (..., d), norm (..., 1), float32. in_place: written into grad (the caller's own fresh buffer), so a
+    backward holds one gradient of x's size instead of two."""
+    if {rows.dtype, norm.dtype, grad.dtype} != {torch.float32}:  # the kernel is fp32 only
+        return _unit_rows_backward_torch(rows, norm, grad, short_rows, in_place, raw)
+    return dispatch(_unit_rows_backward_numba, _unit_rows_backward_torch, rows, norm, grad, short_rows, in_place,
+                    raw)  # fmt: skip
 
 
 @torch.library.custom_op("yoso::normalize_rows", mutates_args=())
