@@ -15,6 +15,7 @@ softmax attention.
                                     # query accuracy at length L (positions repeated), sampling with M, P pairs, tau T
     .venv/bin/python benchmarks/mqar_diagnosis.py --mass RUN_DIR L ... [--random-filler]
                                     # collision probability: own value vs distractors, at length L
+    --sequences N: evaluate on N sequences (--lengths: 64, --mass: 4)
     --random-filler: the sequences' filler is random keys and values (--mqar-filler random), whatever the run trained on
 
 VARIANT (comma-separated, or "none"):
@@ -184,10 +185,13 @@ def _run_args(run: Path) -> TrainArgs:
     return TrainArgs(**json.loads((run / "args.json").read_text()))
 
 
-def _query_rows(ids: torch.Tensor, first_value: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sequence, query position, key position) of every query in ``ids``, as three (queries,) tensors."""
-    rows = [(b, q, k) for b in range(len(ids)) for q, _, k in mqar.query_positions(ids[b].tolist(), first_value)]
-    return tuple(map(torch.tensor, zip(*rows)))
+def _query_rows(ids: torch.Tensor, num_pairs: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sequence, query position, key position) of every labelled query in ``ids``, as three (queries,) tensors
+    (the prefix's keys again after the prefix; random filler's other key tokens are not queries)."""
+    keys = ids[:, 0 : 2 * num_pairs : 2]  # (batch, pairs)
+    hit = ids[:, 2 * num_pairs :, None] == keys[:, None, :]  # (batch, n - 2 pairs, pairs)
+    batch, position, pair = hit.nonzero(as_tuple=True)
+    return batch, position + 2 * num_pairs, 2 * pair
 
 
 def _load_run(run: Path):
@@ -228,7 +232,7 @@ def print_shares(run_dirs: list[str]) -> None:
     for run in map(Path, run_dirs):
         model, ids, args = _load_run(run)
         first_value = mqar_spec(args).first_value
-        batch, query, key = _query_rows(ids, first_value)
+        batch, query, key = _query_rows(ids, args.mqar_pairs)
         is_value = ids >= first_value  # (batch, n)
         for i, weights in enumerate(attention_maps(model, ids)):
             for h in range(weights.shape[1]):
@@ -273,14 +277,14 @@ def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None
 
 
 def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int], pairs: list[int],
-                          taus: list[int], filler: str | None) -> None:
-    """Query accuracy of a run's last checkpoint, not trained at the new length, on 64 fresh sequences of each
+                          taus: list[int], filler: str | None, num_sequences: int = 64) -> None:
+    """Query accuracy of a run's last checkpoint, not trained at the new length, on 64 (--sequences) fresh sequences of each
     length, in the run's attention; with --hashes, sampled with each of those numbers of hashes too; with --pairs,
     with each of those numbers of pairs instead of the run's; with --taus, at each of those tau instead of the
     run's (YOSO only)."""
     for length in lengths:
         for num_pairs in pairs or [None]:
-            model, ids, args = _at_length(Path(run_dir), length, 64, num_pairs, filler)
+            model, ids, args = _at_length(Path(run_dir), length, num_sequences, num_pairs, filler)
             for tau in taus or [None]:
                 model.config.hash_code_len = tau or model.config.hash_code_len
                 results = [f"{_query_accuracy(model, ids, args):.3f}"]
@@ -292,34 +296,45 @@ def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int
                       f"{at_tau}: " + ", ".join(results))
 
 
-def print_collision_mass(run_dir: str, lengths: list[int], filler: str | None = None) -> None:
-    """Per query of the last layer, mean over 4 sequences and the heads: the collision probability of its key's
-    value (p_own, one hash), the summed probability of every other position (distractor mass D: expected
-    colliding distractors per hash; the part on the other pairs' values, the confusable ones), and with the run's
-    m hashes the chance that the own value collides under none (a miss, (1 - p_own)^m) and the expected number of
-    distractor collisions (m * D)."""
+def print_collision_mass(run_dir: str, lengths: list[int], filler: str | None = None, num_sequences: int = 4) -> None:
+    """Per layer and head, mean over the queries of 4 (--sequences) sequences: the collision probability (one hash)
+    of each query with its key's position, with that key's value (the next position) and with itself, and the summed
+    probability of every other position (distractor mass D: expected colliding distractors a hash; the part on
+    the other pairs' values, the confusable ones); with the run's m hashes, the chance that the key and its value
+    both collide under none (a miss) and the expected number of distractor collisions (m * D)."""
     for length in lengths:
-        model, ids, args = _at_length(Path(run_dir), length, 4, filler=filler)
+        model, ids, args = _at_length(Path(run_dir), length, num_sequences, filler=filler)
         first_value = mqar_spec(args).first_value
-        batch, query, key = _query_rows(ids, first_value)
+        batch, query, key = _query_rows(ids, args.mqar_pairs)
+        m = model.config.num_hash
         torch.manual_seed(0)  # the earlier layers of a sampled model draw hashes
         with torch.no_grad():
             hidden = model.yoso(input_ids=ids, output_hidden_states=True).hidden_states
-            attn = model.yoso.encoder.layer[-1].attention.self
-            q, k = (attn._split_heads(f(hidden[-2])) for f in (attn.query, attn.key))  # (batch, heads, n, d)
-            probs = expectation_matrix(q, k, hash_code_len=model.config.hash_code_len)[batch, :, query]  # (Q, h, n)
-        own = probs.gather(2, (key + 1)[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)  # (Q, heads)
-        distractors = probs.sum(2) - own
-        other_values = (probs * (ids[batch] >= first_value)[:, None, :]).sum(2) - own
-        m = model.config.num_hash
-        print(f"{Path(run_dir).name} at {length} tokens, last layer: p_own {own.mean():.3f}, D {distractors.mean():.3f} "
-              f"(other values {other_values.mean():.3f}), miss with m = {m}: {((1 - own) ** m).mean():.4f}, "
-              f"distractor collisions m*D {m * distractors.mean():.1f}")
+        for i, layer in enumerate(model.yoso.encoder.layer):
+            attn = layer.attention.self
+            with torch.no_grad():
+                q, k = (attn._split_heads(f(hidden[i])) for f in (attn.query, attn.key))  # (batch, heads, n, d)
+                probs = expectation_matrix(q, k, hash_code_len=model.config.hash_code_len)[batch, :, query]  # (Q, h, n)
+            at = lambda pos: probs.gather(2, pos[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)  # noqa: E731
+            p_key, p_value, p_self = at(key), at(key + 1), at(query)  # (Q, heads)
+            rest = probs.sum(2) - p_key - p_value - p_self
+            other_values = (probs * (ids[batch] >= first_value)[:, None, :]).sum(2) - p_value
+            miss = ((1 - p_key) * (1 - p_value)) ** m
+            for h in range(probs.shape[1]):
+                print(f"{Path(run_dir).name} at {length} tokens, tau {model.config.hash_code_len}, layer {i} head {h}: "
+                      f"p(key) {p_key[:, h].mean():.3f}, p(value) {p_value[:, h].mean():.3f}, p(self) "
+                      f"{p_self[:, h].mean():.3f}, D {rest[:, h].mean():.3f} (other values {other_values[:, h].mean():.3f}), "
+                      f"miss with m = {m}: {miss[:, h].mean():.4f}, m*D {m * rest[:, h].mean():.1f}")  # fmt: skip
 
 
 if __name__ == "__main__":
     filler = "random" if "--random-filler" in sys.argv else None
     sys.argv = [word for word in sys.argv if word != "--random-filler"]
+    sequences = None
+    if "--sequences" in sys.argv:
+        at = sys.argv.index("--sequences")
+        sequences = int(sys.argv[at + 1])
+        del sys.argv[at : at + 2]
     if sys.argv[1] in ("--norms", "--shares"):
         (print_norms if sys.argv[1] == "--norms" else print_shares)(sys.argv[2:])
         sys.exit(0)
@@ -327,7 +342,7 @@ if __name__ == "__main__":
         print_sampling_accuracy(sys.argv[2], [int(n) for n in sys.argv[3:]])
         sys.exit(0)
     if sys.argv[1] == "--mass":
-        print_collision_mass(sys.argv[2], [int(n) for n in sys.argv[3:]], filler)
+        print_collision_mass(sys.argv[2], [int(n) for n in sys.argv[3:]], filler, sequences or 4)
         sys.exit(0)
     if sys.argv[1] == "--lengths":
         lists = {"": [], "--hashes": [], "--pairs": [], "--taus": []}
@@ -335,7 +350,8 @@ if __name__ == "__main__":
         for word in sys.argv[3:]:
             current = word if word in lists else current
             lists[current] += [] if word in lists else [int(word)]
-        print_length_accuracy(sys.argv[2], lists[""], lists["--hashes"], lists["--pairs"], lists["--taus"], filler)
+        print_length_accuracy(sys.argv[2], lists[""], lists["--hashes"], lists["--pairs"], lists["--taus"], filler,
+                              sequences or 64)  # fmt: skip
         sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()
