@@ -83,7 +83,7 @@ def _from_encoder(state: dict, prefix: str) -> dict[str, torch.Tensor]:
 # at meets r times the distractors; one more bit per doubling keeps their expected collisions per hash (~n 2^-tau)
 # where they were. Models trained on MQAR at 128 tokens: tau 8 -> 12 took YOSO-E from 0.48 to 0.99 at 4096 tokens.
 # Each bit lowers the own key's collision probability, so m keeps the chance of missing it under every hash below
-# MISS_RATE. Measured a bit: 0.956 (zero filler, 128 tokens), 0.924-0.950 (random filler's recall heads, 1024-4096
+# MISS_RATE. Measured a bit: 0.956 (zero filler, 128 tokens), 0.917-0.950 (random filler's recall heads, 1024-8192
 # tokens). The rule takes 0.93: at 8192 tokens (tau 14) its m 16 instead of 0.956's 10 took random-filler recall
 # from 0.971-0.9815 to 0.9935-0.9965 (3 seeds).
 OWN_COLLISION_PER_BIT = 0.93
