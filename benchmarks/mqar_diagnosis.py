@@ -16,6 +16,7 @@ softmax attention.
     .venv/bin/python benchmarks/mqar_diagnosis.py --mass RUN_DIR L ... [--random-filler]
                                     # collision probability: own value vs distractors, at length L
     --sequences N: evaluate on N sequences (--lengths: 64, --mass: 4)
+    --expectation: --lengths also in YOSO-E (the m -> infinity limit of sampling)
     --random-filler: the sequences' filler is random keys and values (--mqar-filler random), whatever the run trained on
 
 VARIANT (comma-separated, or "none"):
@@ -200,12 +201,12 @@ def _load_run(run: Path):
     return _load_model(run / "last"), load_splits(args)[0]["eval"].collate(list(range(32)))[0], args
 
 
-def _query_accuracy(model, ids: torch.Tensor, args: TrainArgs) -> float:
+def _query_accuracy(model, ids: torch.Tensor, args: TrainArgs, chunk: int = 8) -> float:
     labels = torch.from_numpy(mqar.labels(ids.numpy(), args.mqar_pairs, mqar_spec(args).first_value))
     picked = labels != -100
     torch.manual_seed(0)
-    with torch.no_grad():  # 8 sequences at a time: YOSO-E's (n, n) matrices at 4096+ tokens
-        predicted = torch.cat([model(input_ids=chunk).logits.argmax(-1) for chunk in ids.split(8)])
+    with torch.no_grad():  # ``chunk`` sequences at a time: YOSO-E's (n, n) matrices at 4096+ tokens
+        predicted = torch.cat([model(input_ids=part).logits.argmax(-1) for part in ids.split(chunk)])
     return (predicted[picked] == labels[picked]).float().mean().item()
 
 
@@ -277,11 +278,12 @@ def _at_length(run: Path, length: int, num_sequences: int, num_pairs: int | None
 
 
 def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int], pairs: list[int],
-                          taus: list[int], filler: str | None, num_sequences: int = 64) -> None:
+                          taus: list[int], filler: str | None, num_sequences: int = 64,
+                          expectation: bool = False) -> None:  # fmt: skip
     """Query accuracy of a run's last checkpoint, not trained at the new length, on 64 (--sequences) fresh sequences of each
     length, in the run's attention; with --hashes, sampled with each of those numbers of hashes too; with --pairs,
     with each of those numbers of pairs instead of the run's; with --taus, at each of those tau instead of the
-    run's (YOSO only)."""
+    run's (YOSO only); with --expectation, in YOSO-E too (m -> infinity; one sequence at a time)."""
     for length in lengths:
         for num_pairs in pairs or [None]:
             model, ids, args = _at_length(Path(run_dir), length, num_sequences, num_pairs, filler)
@@ -291,9 +293,18 @@ def print_length_accuracy(run_dir: str, lengths: list[int], num_hashes: list[int
                 for num_hash in num_hashes:
                     model.config.num_hash = num_hash
                     results.append(f"m = {num_hash}: {_query_accuracy(model, ids, args):.3f}")
+                if expectation:
+                    model.config.use_expectation = True
+                    results.append(f"YOSO-E: {_query_accuracy(model, ids, args, chunk=1):.4f}")
+                    model.config.use_expectation = False
                 at_tau = f", tau {tau}" if tau else ""
                 print(f"{Path(run_dir).name} at {length} tokens, {args.mqar_pairs} pairs, {args.mqar_filler} filler"
                       f"{at_tau}: " + ", ".join(results))
+
+
+def _collisions_at(probs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(Q, heads) entries of (Q, heads, n) ``probs`` at one position per query."""
+    return probs.gather(2, positions[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)
 
 
 def print_collision_mass(run_dir: str, lengths: list[int], filler: str | None = None, num_sequences: int = 4) -> None:
@@ -315,8 +326,7 @@ def print_collision_mass(run_dir: str, lengths: list[int], filler: str | None = 
             with torch.no_grad():
                 q, k = (attn._split_heads(f(hidden[i])) for f in (attn.query, attn.key))  # (batch, heads, n, d)
                 probs = expectation_matrix(q, k, hash_code_len=model.config.hash_code_len)[batch, :, query]  # (Q, h, n)
-            at = lambda pos: probs.gather(2, pos[:, None, None].expand(-1, probs.shape[1], 1)).squeeze(2)  # noqa: E731
-            p_key, p_value, p_self = at(key), at(key + 1), at(query)  # (Q, heads)
+            p_key, p_value, p_self = (_collisions_at(probs, pos) for pos in (key, key + 1, query))  # (Q, heads)
             rest = probs.sum(2) - p_key - p_value - p_self
             other_values = (probs * (ids[batch] >= first_value)[:, None, :]).sum(2) - p_value
             miss = ((1 - p_key) * (1 - p_value)) ** m
@@ -329,7 +339,8 @@ def print_collision_mass(run_dir: str, lengths: list[int], filler: str | None = 
 
 if __name__ == "__main__":
     filler = "random" if "--random-filler" in sys.argv else None
-    sys.argv = [word for word in sys.argv if word != "--random-filler"]
+    expectation = "--expectation" in sys.argv
+    sys.argv = [word for word in sys.argv if word not in ("--random-filler", "--expectation")]
     sequences = None
     if "--sequences" in sys.argv:
         at = sys.argv.index("--sequences")
@@ -351,7 +362,7 @@ if __name__ == "__main__":
             current = word if word in lists else current
             lists[current] += [] if word in lists else [int(word)]
         print_length_accuracy(sys.argv[2], lists[""], lists["--hashes"], lists["--pairs"], lists["--taus"], filler,
-                              sequences or 64)  # fmt: skip
+                              sequences or 64, expectation)  # fmt: skip
         sys.exit(0)
     for name in filter(lambda n: n != "none", sys.argv[1].split(",")):
         VARIANTS[name]()
