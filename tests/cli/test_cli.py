@@ -169,8 +169,25 @@ def test_bench_writes_table_json_and_plot(tmp_path):
                "16", "--hash-code-len", "5", "--output-dir", str(tmp_path / "b"), cwd=tmp_path)  # fmt: skip
     assert "vs SDPA" in out.stdout
     records = json.loads((tmp_path / "b" / "ops.json").read_text())
-    assert {r["method"] for r in records} == {"sdpa", "dense_yoso_e", "yoso_e", "yoso_lsh", "yoso_lsh_model_layout"}
+    assert {r["method"] for r in records} == {"sdpa", "dense_yoso_e", "yoso_e", "yoso_lsh", "yoso_lsh_model_layout",
+                                              "yoso_lsh_torch_path"}  # fmt: skip
     assert (tmp_path / "b" / "ops.png").stat().st_size > 1000
+
+
+def test_bench_torch_path_rows_run_forward_and_backward_on_the_torch_path(monkeypatch):
+    from yoso_attention.bench.ops import _calls
+    from yoso_attention.ops import kernels_torch
+
+    ran = []
+    for name in ("cumulate", "weighted_backward"):
+        original = getattr(kernels_torch, name)
+        monkeypatch.setattr(kernels_torch, name, lambda *a, f=original, n=name: ran.append(n) or f(*a))
+    for method, _, pass_name, call in _calls((50,), 2, 8, 4, 5, True, progress=lambda _: None):
+        ran.clear()
+        with torch.set_grad_enabled(pass_name != "fwd"):
+            call()
+        on_torch_path = {"fwd": ["cumulate"], "fwd+bwd": ["cumulate", "cumulate", "weighted_backward"]}[pass_name]
+        assert ran == (on_torch_path if method == "yoso_lsh_torch_path" else []), (method, pass_name)
 
 
 def test_bench_measures_memory_in_a_fresh_process():

@@ -86,6 +86,37 @@ def test_weighted_kernels_match_the_dense_formula(kernel, codes):
     assert rel_err(dq, w @ kn.double()) < 1e-6 and rel_err(dk, w.transpose(1, 2) @ qn.double()) < 1e-6
 
 
+@pytest.mark.parametrize("codes", ["random", "crowded"])
+@pytest.mark.parametrize("form", ["pairs", "tables"])
+def test_torch_path_forms_match_the_dense_formula(monkeypatch, form, codes):
+    """The torch path (CUDA, CPU without numba) sums colliding pairs or goes through bucket tables, whichever costs
+    less for a group of hashes; each form, forced, must give the definition, also with tiny scratch budgets that
+    split the hashes into groups and the pairs into chunks smaller than a crowded bucket's run."""
+    from yoso_attention.ops import kernels_torch
+
+    monkeypatch.setattr(kernels_torch._Collisions, "cheaper_than_tables", lambda *_: form == "pairs")
+    monkeypatch.setattr(kernels_torch, "SCRATCH_ELEMENTS", 200)
+    monkeypatch.setattr(kernels_torch, "INDEX_ENTRIES", 150)
+    n_b, n_q, n_k, d, dv, m = 2, 37, 53, 5, 7, 3
+    q_codes, k_codes = torch.randint(0, 16, (n_b, m, n_q)), torch.randint(0, 16, (n_b, m, n_k))
+    if codes == "crowded":
+        q_codes[:, :, :30], k_codes[:, :, :40] = 0, 0
+    q, dout = torch.randn(n_b, n_q, d), torch.randn(n_b, n_q, dv)
+    k, v = torch.randn(n_b, n_k, d), torch.randn(n_b, n_k, dv)
+    q_norm, k_norm = torch.rand(n_b, n_q, 1) + 0.5, torch.rand(n_b, n_k, 1) + 0.5  # any per-row scales
+    q_mask, k_mask = torch.rand(n_b, n_q) > 0.2, torch.rand(n_b, n_k) > 0.2
+    v[~k_mask], dout[~q_mask] = float("nan"), float("nan")  # masked rows are never read
+    pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1)  # (B, nq, nk): collisions over hashes
+    pairs = pairs * q_mask[..., None] * k_mask[:, None]
+    v0, dout0 = v.double().nan_to_num(), dout.double().nan_to_num()
+    out = kernels_torch.cumulate(q_codes, k_codes, v, q_mask, k_mask, 16)
+    assert rel_err(out, pairs @ v0 / m) < 1e-6
+    dqn, dkn = kernels_torch.weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, 16)
+    w = pairs * (dout0 @ v0.transpose(1, 2))
+    qn, kn = (q / q_norm).double(), (k / k_norm).double()
+    assert rel_err(dqn, w @ kn) < 1e-6 and rel_err(dkn, w.transpose(1, 2) @ qn) < 1e-6
+
+
 @pytest.mark.parametrize("num_hash", [1, 4, 5], ids=lambda m: f"m{m}")  # odd m: the kernel's pairs have a tail
 def test_lsh_cumulation_matches_definition(backend, num_hash):
     q_codes = torch.randint(0, 16, (3, 50, num_hash))

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import yoso_expectation, yoso_lsh
+from ..ops.backend import torch_only
 from .timing import in_fresh_process, median_seconds, peak_bytes
 
 DENSE_MAX_BYTES = 1 << 30  # skip the dense YOSO-E formula when one n x n matrix would exceed this (n > 4096)
@@ -43,10 +44,20 @@ def _methods(heads: int, d: int, num_hash: int, tau: int):
         "yoso_e": lambda q, k, v: yoso_expectation(q, k, v, hash_code_len=tau),
         "yoso_lsh": sampled,
         "yoso_lsh_model_layout": sampled,  # on the strided inputs of STRIDED_INPUTS
+        "yoso_lsh_torch_path": sampled,  # forward and backward inside torch_only(): what CUDA and no-numba CPUs run
     }
 
 
 STRIDED_INPUTS = {"yoso_lsh_model_layout"}  # called with the layout models hand the ops (see model_layout)
+TORCH_PATH = {"yoso_lsh_torch_path"}
+
+
+def _on_torch_path(call):
+    def in_torch_only():
+        with torch_only():
+            return call()
+
+    return in_torch_only
 
 
 def model_layout(x: torch.Tensor) -> torch.Tensor:
@@ -66,10 +77,12 @@ def _calls(lengths, heads: int, d: int, num_hash: int, tau: int, backward: bool,
                 continue
             strided = name in STRIDED_INPUTS  # the strided inputs are made here, outside the measured call
             qs, ks, vs = (model_layout(t) if strided else t for t in (q, k, v))
-            calls.append((name, n, "fwd", lambda fn=fn, q=qs, k=ks, v=vs: fn(q, k, v)))
+            path = _on_torch_path if name in TORCH_PATH else lambda call: call
+            calls.append((name, n, "fwd", path(lambda fn=fn, q=qs, k=ks, v=vs: fn(q, k, v))))
             if backward:
                 qg, kg, vg = ((model_layout(t) if strided else t.clone()).requires_grad_() for t in (q, k, v))
-                calls.append((name, n, "fwd+bwd", lambda fn=fn, qg=qg, kg=kg, vg=vg: fn(qg, kg, vg).sum().backward()))
+                bwd = path(lambda fn=fn, qg=qg, kg=kg, vg=vg: fn(qg, kg, vg).sum().backward())
+                calls.append((name, n, "fwd+bwd", bwd))
     return calls
 
 

@@ -1,9 +1,8 @@
 """Bucket tables: scatter keys into 2**tau buckets per hash, gather them back at the queries' codes.
 
 Internal layout: codes (B, m, n) of an integer type (the ops keep them in ``code_dtype``), values
-(B, n, dv) float32, masks (B, n) bool, all contiguous. The numba kernels are the CPU path; the torch
-functions below are the portable path (CUDA, or CPU without numba) and use hash chunks so that their
-memory stays O(n * d) per chunk.
+(B, n, dv) float32, masks (B, n) bool, all contiguous. The numba kernels are the CPU path; ``kernels_torch`` is the
+portable path (CUDA, or CPU without numba).
 """
 
 from __future__ import annotations
@@ -11,33 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import kernels_torch
 from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_codes, check_float, check_hash_params, check_mask
 from .hashing import code_dtype
 from .normalize import flat_rows
-
-_CHUNK_ELEMENTS = 1 << 24  # elements of the (B, n, hash chunk, dv) scratch in the torch path
-
-
-def _hash_chunk(n_b: int, n: int, width: int, m: int) -> int:
-    return max(1, min(m, _CHUNK_ELEMENTS // max(1, n_b * n * width)))
-
-
-def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
-    n_b, m, n_q = q_codes.shape
-    n_k, dv = v.shape[1], v.shape[2]
-    v = v.masked_fill(~k_mask[..., None], 0.0)  # not v * mask: padding may hold anything, NaN included
-    out = v.new_zeros(n_b, n_q, dv)
-    chunk = _hash_chunk(n_b, max(n_q, n_k), dv, m)
-    for h0 in range(0, m, chunk):
-        hc = min(chunk, m - h0)
-        offsets = torch.arange(hc, device=v.device)[:, None] * n_buckets  # (hc, 1)
-        k_idx = (k_codes[:, h0 : h0 + hc].long() + offsets).reshape(n_b, hc * n_k, 1)
-        q_idx = (q_codes[:, h0 : h0 + hc].long() + offsets).reshape(n_b, hc * n_q, 1)
-        src = v[:, None].expand(n_b, hc, n_k, dv).reshape(n_b, hc * n_k, dv)
-        table = v.new_zeros(n_b, hc * n_buckets, dv).scatter_add_(1, k_idx.expand(-1, -1, dv), src)
-        out += table.gather(1, q_idx.expand(-1, -1, dv)).view(n_b, hc, n_q, dv).sum(1)
-    return out.div_(m).masked_fill_(~q_mask[..., None], 0.0)
 
 
 def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
@@ -51,7 +28,7 @@ def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> 
 def cumulate(q_codes: Tensor, k_codes: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> Tensor:
     """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j; (B, L, dv) float32.
     Codes (B, m, n), v (B, S, dv) float32, masks (B, n) bool, all contiguous. Differentiable in v."""
-    return dispatch(_cumulate_numba, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+    return dispatch(_cumulate_numba, kernels_torch.cumulate, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
 
 
 @cumulate.register_fake
@@ -73,22 +50,6 @@ def _cumulate_backward(ctx, grad):
 cumulate.register_autograd(_cumulate_backward, setup_context=_cumulate_setup)
 
 
-def _weighted_torch(codes_out, codes_in, mask_out, mask_in, a_out, a_in, b_in, n_buckets) -> torch.Tensor:
-    """sum_h sum_j [collide] (a_out_i . a_in_j) b_in_j as a cumulation of the outer products a_in_j b_in_j^T,
-    in slices of a's dimension so that scratch stays O(n * slice * d)."""
-    n_b, n_in, da = a_in.shape
-    d = b_in.shape[2]
-    m = codes_out.shape[1]
-    out = b_in.new_zeros(n_b, codes_out.shape[2], d)
-    step = max(1, _CHUNK_ELEMENTS // max(1, n_b * n_in * d))
-    for l0 in range(0, da, step):
-        ls = slice(l0, min(da, l0 + step))
-        outer = (a_in[:, :, ls, None] * b_in[:, :, None, :]).reshape(n_b, n_in, -1)  # (B, S, l * d)
-        table = _cumulate_torch(codes_out, codes_in, outer, mask_out, mask_in, n_buckets)  # includes 1/m
-        out += torch.einsum("bil,bild->bid", a_out[:, :, ls], table.view(n_b, -1, ls.stop - l0, d))
-    return out * m
-
-
 def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     """Whether the query-major weighted kernel beats the bucket-major one: with few keys per bucket it skips
     the sorts and the empty buckets; with many, the bucket-major one reuses each key's rows from cache.
@@ -107,13 +68,6 @@ def _weighted_numba(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_
     return dq, dk
 
 
-def _weighted_torch_pair(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
-    qn, kn = q / q_norm, k / k_norm
-    dq = _weighted_torch(q_codes, k_codes, q_mask, k_mask, dout, v, kn, n_buckets)
-    dk = _weighted_torch(k_codes, q_codes, k_mask, q_mask, v, dout, qn, n_buckets)
-    return dq, dk
-
-
 @torch.library.custom_op("yoso::weighted_backward", mutates_args=())
 def weighted_backward(q_codes: Tensor, k_codes: Tensor, q: Tensor, k: Tensor, q_norm: Tensor, k_norm: Tensor,
                       v: Tensor, dout: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int
@@ -122,8 +76,8 @@ def weighted_backward(q_codes: Tensor, k_codes: Tensor, q: Tensor, k: Tensor, q_
     sum_{j collides} (dout_i . v_j) kn_j and dkn_j = sum_h sum_i (...) qn_i, over unmasked pairs (no 1/m and no
     tau/2 factor). Raw rows q (B, L, d), k (B, S, d) and their norms (B, n, 1): the CPU kernels form the unit rows
     as they read them."""
-    return dispatch(_weighted_numba, _weighted_torch_pair, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask,
-                    k_mask, n_buckets)  # fmt: skip
+    return dispatch(_weighted_numba, kernels_torch.weighted_backward, q_codes, k_codes, q, k, q_norm, k_norm, v,
+                    dout, q_mask, k_mask, n_buckets)  # fmt: skip
 
 
 @weighted_backward.register_fake
