@@ -59,31 +59,43 @@ def test_crowded_buckets_use_outer_product_form_exactly(backend):
     assert max(grad_errors(out, ref, (q, k, v), (q, k, v))) < 1e-5
 
 
-@pytest.mark.parametrize("codes", ["random", "crowded"])
-@pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
-                                                                                                   "query_major"])
-def test_weighted_kernels_match_the_dense_formula(kernel, codes):
-    # dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j and dk_j likewise, the unit rows formed from raw
-    # rows and inverse norms as read; "crowded" puts 30 queries and 40 keys in bucket 0 under every hash, which both
-    # kernels must do in the outer-product form.
-    from yoso_attention.ops.backend import numba_kernels
-
+def weighted_sums_case(codes: str):
+    """Inputs of the sampled backward's weighted sums (2 rows of 37 queries and 53 keys, 3 hashes, 16 buckets; NaN
+    in the masked rows, which must never be read; "crowded" puts 30 queries and 40 keys in bucket 0 under every
+    hash) and what they must give: dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j and dk_j likewise,
+    with the unit rows qn = q * q_scale, kn = k * k_scale (any per-row scales); and the cumulation of v, (pairs @ v)."""
     n_b, n_q, n_k, d, dv, m = 2, 37, 53, 5, 7, 3
     q_codes, k_codes = torch.randint(0, 16, (n_b, m, n_q)), torch.randint(0, 16, (n_b, m, n_k))
     if codes == "crowded":
         q_codes[:, :, :30], k_codes[:, :, :40] = 0, 0
     q, dout = torch.randn(n_b, n_q, d), torch.randn(n_b, n_q, dv)
     k, v = torch.randn(n_b, n_k, d), torch.randn(n_b, n_k, dv)
-    q_inv, k_inv = torch.rand(n_b, n_q) + 0.5, torch.rand(n_b, n_k) + 0.5  # any per-row scales
-    qn, kn = q * q_inv[..., None], k * k_inv[..., None]
+    q_scale, k_scale = torch.rand(n_b, n_q) + 0.5, torch.rand(n_b, n_k) + 0.5
     q_mask, k_mask = torch.rand(n_b, n_q) > 0.2, torch.rand(n_b, n_k) > 0.2
-    dq, dk = torch.zeros(n_b, n_q, d), torch.zeros(n_b, n_k, d)
-    arrays = [t.numpy() for t in (q_codes.to(torch.int16), k_codes.to(torch.int16), q, k, q_inv, k_inv, v, dout,
-                                  q_mask, k_mask)]  # fmt: skip
-    getattr(numba_kernels(v), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
     pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1)  # (B, nq, nk): collisions over hashes
-    w = pairs * q_mask[..., None] * k_mask[:, None] * (dout.double() @ v.double().transpose(1, 2))
-    assert rel_err(dq, w @ kn.double()) < 1e-6 and rel_err(dk, w.transpose(1, 2) @ qn.double()) < 1e-6
+    pairs = pairs * q_mask[..., None] * k_mask[:, None]
+    w = pairs * (dout.double() @ v.double().transpose(1, 2))
+    qn, kn = (q * q_scale[..., None]).double(), (k * k_scale[..., None]).double()
+    v[~k_mask], dout[~q_mask] = float("nan"), float("nan")
+    inputs = dict(q_codes=q_codes, k_codes=k_codes, q=q, k=k, q_scale=q_scale, k_scale=k_scale, v=v, dout=dout,
+                  q_mask=q_mask, k_mask=k_mask)  # fmt: skip
+    return inputs, pairs @ v.double().nan_to_num() / m, w @ kn, w.transpose(1, 2) @ qn
+
+
+@pytest.mark.parametrize("codes", ["random", "crowded"])
+@pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
+                                                                                                   "query_major"])
+def test_weighted_kernels_match_the_dense_formula(kernel, codes):
+    """Both numba kernels, also where a bucket is crowded enough for their outer-product form; the unit rows are
+    formed from raw rows and inverse norms as the kernels read them."""
+    from yoso_attention.ops.backend import numba_kernels
+
+    x, _, dq_want, dk_want = weighted_sums_case(codes)
+    dq, dk = torch.zeros(x["q"].shape), torch.zeros(x["k"].shape)
+    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), x["q"], x["k"],
+                                  x["q_scale"], x["k_scale"], x["v"], x["dout"], x["q_mask"], x["k_mask"])]  # fmt: skip
+    getattr(numba_kernels(x["v"]), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
+    assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
 
 
 @pytest.mark.parametrize("codes", ["random", "crowded"])
@@ -97,24 +109,13 @@ def test_torch_path_forms_match_the_dense_formula(monkeypatch, form, codes):
     monkeypatch.setattr(kernels_torch._Collisions, "cheaper_than_tables", lambda *_: form == "pairs")
     monkeypatch.setattr(kernels_torch, "SCRATCH_ELEMENTS", 200)
     monkeypatch.setattr(kernels_torch, "INDEX_ENTRIES", 150)
-    n_b, n_q, n_k, d, dv, m = 2, 37, 53, 5, 7, 3
-    q_codes, k_codes = torch.randint(0, 16, (n_b, m, n_q)), torch.randint(0, 16, (n_b, m, n_k))
-    if codes == "crowded":
-        q_codes[:, :, :30], k_codes[:, :, :40] = 0, 0
-    q, dout = torch.randn(n_b, n_q, d), torch.randn(n_b, n_q, dv)
-    k, v = torch.randn(n_b, n_k, d), torch.randn(n_b, n_k, dv)
-    q_norm, k_norm = torch.rand(n_b, n_q, 1) + 0.5, torch.rand(n_b, n_k, 1) + 0.5  # any per-row scales
-    q_mask, k_mask = torch.rand(n_b, n_q) > 0.2, torch.rand(n_b, n_k) > 0.2
-    v[~k_mask], dout[~q_mask] = float("nan"), float("nan")  # masked rows are never read
-    pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1)  # (B, nq, nk): collisions over hashes
-    pairs = pairs * q_mask[..., None] * k_mask[:, None]
-    v0, dout0 = v.double().nan_to_num(), dout.double().nan_to_num()
-    out = kernels_torch.cumulate(q_codes, k_codes, v, q_mask, k_mask, 16)
-    assert rel_err(out, pairs @ v0 / m) < 1e-6
-    dqn, dkn = kernels_torch.weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, 16)
-    w = pairs * (dout0 @ v0.transpose(1, 2))
-    qn, kn = (q / q_norm).double(), (k / k_norm).double()
-    assert rel_err(dqn, w @ kn) < 1e-6 and rel_err(dkn, w.transpose(1, 2) @ qn) < 1e-6
+    x, out_want, dq_want, dk_want = weighted_sums_case(codes)
+    codes_and_masks = (x["q_codes"], x["k_codes"], x["v"], x["q_mask"], x["k_mask"], 16)
+    assert rel_err(kernels_torch.cumulate(*codes_and_masks), out_want) < 1e-6
+    q_norm, k_norm = 1 / x["q_scale"][..., None], 1 / x["k_scale"][..., None]
+    dq, dk = kernels_torch.weighted_backward(x["q_codes"], x["k_codes"], x["q"], x["k"], q_norm, k_norm, x["v"],
+                                             x["dout"], x["q_mask"], x["k_mask"], 16)  # fmt: skip
+    assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
 
 
 @pytest.mark.parametrize("num_hash", [1, 4, 5], ids=lambda m: f"m{m}")  # odd m: the kernel's pairs have a tail
