@@ -43,8 +43,8 @@ def test_yoso_checkpoint_keeps_every_weight_and_repeats_positions(tmp_path):
 def test_the_length_rule_adds_a_bit_of_tau_per_doubling_and_keeps_misses_rare():
     assert hashing_for_length(8, 32, 128, 128) == hashing_for_length(8, 32, 128, 64) == (8, 32)
     assert [hashing_for_length(8, 32, 128, n)[0] for n in (256, 512, 1024, 4096, 8192)] == [9, 10, 11, 13, 14]
-    tau, m = hashing_for_length(8, 4, 128, 4096)  # own collision 0.93^13 = 0.389 a hash: m = 4 would miss 14%
-    assert (tau, m) == (13, 15) and (1 - 0.93**13) ** m < 1e-3 < (1 - 0.93**13) ** (m - 1)
+    tau, m = hashing_for_length(8, 4, 128, 4096)  # own collision 0.91^13 = 0.293 a hash: m = 4 would miss 25%
+    assert (tau, m) == (13, 20) and (1 - 0.91**13) ** m < 1e-3 < (1 - 0.91**13) ** (m - 1)
     assert hashing_for_length(8, 32, 128, 4096, max_hash_code_len=10) == (10, 32)  # the fast hash's limit
     assert hashing_for_length(12, 32, 128, 4096, max_hash_code_len=8)[0] == 12  # never lowered
 
@@ -57,15 +57,15 @@ def test_extending_a_yoso_model_applies_the_length_rule_unless_told(tmp_path, ca
         assert "tau 4 -> " in capsys.readouterr().out
         rule = json.loads((tmp_path / f"rule-{fast}" / "config.json").read_text())
         # 16 -> 1024 tokens: tau 4 + 6, capped at the head dim (8) for the fast hash; m for misses < 1e-3
-        assert (rule["hash_code_len"], rule["num_hash"]) == ((8, 9) if fast else (10, 11))
+        assert (rule["hash_code_len"], rule["num_hash"]) == ((8, 11) if fast else (10, 15))
     assert main(["extend", str(src), str(tmp_path / "told"), "--max-length", "256", "--hash-code-len", "5",
                  "--num-hash", "3"]) == 0  # fmt: skip
     told = json.loads((tmp_path / "told" / "config.json").read_text())
     assert (told["hash_code_len"], told["num_hash"]) == (5, 3)
     assert main(["extend", str(src), str(tmp_path / "tau"), "--max-length", "256", "--hash-code-len", "5"]) == 0
     tau_only = json.loads((tmp_path / "tau" / "config.json").read_text())
-    assert (tau_only["hash_code_len"], tau_only["num_hash"]) == (5, 6)  # m for misses < 1e-3 at the tau given
-    assert (0.3043**6 < 1e-3 < 0.3043**5) and abs(1 - 0.93**5 - 0.3043) < 1e-4
+    assert (tau_only["hash_code_len"], tau_only["num_hash"]) == (5, 8)  # m for misses < 1e-3 at the tau given
+    assert (0.3760**8 < 1e-3 < 0.3760**7) and abs(1 - 0.91**5 - 0.3760) < 1e-4
     fast_src = tmp_path / "src-True"
     assert main(["extend", str(fast_src), str(tmp_path / "bad"), "--max-length", "32", "--hash-code-len", "9"]) == 2
     assert "--hash-code-len 9: this model hashes with the fast hash, which allows at most" in capsys.readouterr().err

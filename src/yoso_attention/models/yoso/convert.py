@@ -83,10 +83,10 @@ def _from_encoder(state: dict, prefix: str) -> dict[str, torch.Tensor]:
 # at meets r times the distractors; one more bit per doubling keeps their expected collisions per hash (~n 2^-tau)
 # where they were. Models trained on MQAR at 128 tokens: tau 8 -> 12 took YOSO-E from 0.48 to 0.99 at 4096 tokens.
 # Each bit lowers the own key's collision probability, so m keeps the chance of missing it under every hash below
-# MISS_RATE. Measured a bit: 0.956 (zero filler, 128 tokens), 0.917-0.950 (random filler's recall heads, 1024-8192
-# tokens). The rule takes 0.93: at 8192 tokens (tau 14) its m 16 instead of 0.956's 10 took random-filler recall
-# from 0.971-0.9815 to 0.9935-0.9965 (3 seeds).
-OWN_COLLISION_PER_BIT = 0.93
+# MISS_RATE. Measured a bit: 0.956 (zero filler, 128 tokens), 0.914-0.950 on the stronger recall head of random-filler
+# models at 1024-8192 tokens. The rule takes 0.91: at 8192 tokens (tau 14) m 23; 0.93's 16 left one of three chains
+# 2.5 points below softmax (0.975), which 24 hashes took to 0.99 (docs/studies.md, "Random filler at 8192 tokens").
+OWN_COLLISION_PER_BIT = 0.91
 MISS_RATE = 1e-3
 DEFAULT_TAU, DEFAULT_M = YosoConfig.hash_code_len, YosoConfig.num_hash  # a config.json without them
 
