@@ -9,7 +9,8 @@ backward's weighted sums, each in two forms, chosen per group of hashes by their
   collisions: the cheaper form when many keys share a bucket (small tau, aligned rows).
 
 Layout as in ``cumulation``: codes (B, m, n), rows (B, n, d) float32, masks (B, n) bool. Scratch stays within a
-few times ``SCRATCH_ELEMENTS`` floats and ``INDEX_ENTRIES`` index entries, whatever n and m.
+few times ``SCRATCH_ELEMENTS`` floats and ``INDEX_ENTRIES`` index entries, or one hash's worth where that is more
+(O(B (n + 2**tau) d)), whatever m.
 """
 
 from __future__ import annotations
