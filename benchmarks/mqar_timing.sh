@@ -2,12 +2,13 @@
 # Training throughput and peak RSS of the MQAR model (docs/studies.md, "Longer sequences"): 20 training steps of
 # 32 768 tokens each for softmax, sampled yoso (m = 32, tau 8, Gaussian hash), sampled yoso with the tau and the
 # fewest hashes the length rule gives a 128-token model at this length (yoso-rule) and YOSO-E at 1024, 2048 and
-# 4096 tokens, one run at a time. Run it with nothing else on the machine; tokens/s count the training steps only.
-#   PATH=.venv/bin:$PATH benchmarks/mqar_timing.sh [OUT]      (default OUT: runs/mqar-timing)
+# 4096 tokens (LENGTHS), one run at a time; ONLY keeps the named ones (e.g. ONLY="softmax yoso-rule"). Run it with
+# nothing else on the machine; tokens/s count the training steps only.
+#   PATH=.venv/bin:$PATH [LENGTHS="1024 8192"] [ONLY=...] benchmarks/mqar_timing.sh [OUT]   (default OUT: runs/mqar-timing)
 set -euo pipefail
 out=${1:-runs/mqar-timing}
 mkdir -p "$out"
-for length in 1024 2048 4096; do
+for length in ${LENGTHS:-1024 2048 4096}; do
     batch=$((32768 / length))
     read -r tau m < <(python3 -c "from yoso_attention.models.yoso.convert import hashing_for_length as rule
 print(*rule(8, 1, 128, $length))")
@@ -16,6 +17,7 @@ print(*rule(8, 1, 128, $length))")
                      "yoso-e --hash-code-len-warmup-steps 0"; do
         name=${attention%% *}-$length
         [[ $attention == *"--num-hash $m "* ]] && name=yoso-rule-$length
+        [[ -z ${ONLY:-} || " $ONLY " == *" ${name%-*} "* ]] || continue
         read -ra flags <<< "$attention"
         yoso train --preset mqar --max-length "$length" --batch-size "$batch" --attention "${flags[@]}" --max-steps 20 \
             --warmup-steps 2 --train-examples 640 --eval-examples 8 --test-examples 8 --eval-every 1000 \
