@@ -278,6 +278,24 @@ def test_init_from_a_shorter_model_repeats_its_trained_positions(tmp_path, capsy
                     num_classes=10)  # fmt: skip
 
 
+def test_init_from_a_head_for_other_classes_says_which(tmp_path):
+    from yoso_attention.training.loop import build_model
+
+    build_model(parse("--task", "mqar", "--mqar-vocab-size", "20"), vocab_size=20, pad_id=0,
+                num_classes=9).save_pretrained(tmp_path / "m")  # fmt: skip
+    again = build_model(parse("--task", "mqar", "--mqar-vocab-size", "20", "--init-from", str(tmp_path / "m")),
+                        vocab_size=20, pad_id=0, num_classes=9)  # fmt: skip
+    assert again.num_labels == 9
+    with pytest.raises(ValueError, match=r"--mqar-vocab-size 40 gives 19 values, but the model in .*m predicts 9: it "
+                                         r"was trained with --mqar-vocab-size 20"):  # fmt: skip
+        build_model(parse("--task", "mqar", "--mqar-vocab-size", "40", "--init-from", str(tmp_path / "m")),
+                    vocab_size=40, pad_id=0, num_classes=19)  # fmt: skip
+    build_model(parse("--task", "text"), vocab_size=20, pad_id=0, num_classes=3).save_pretrained(tmp_path / "t")
+    with pytest.raises(ValueError, match=r"the model in .*t predicts 3 classes, the data has 4"):
+        build_model(parse("--task", "text", "--init-from", str(tmp_path / "t")), vocab_size=20, pad_id=0,
+                    num_classes=4)  # fmt: skip
+
+
 def test_init_from_keeps_the_models_hashing_unless_given_and_ignores_a_presets(tmp_path):
     from yoso_attention.training.loop import build_model
 

@@ -44,6 +44,22 @@ def test_each_query_is_labelled_with_its_keys_value_and_nothing_else():
         assert not (lab[:12] != -100).any()
 
 
+def test_keys_values_and_slots_are_drawn_uniformly():
+    """Keys and values come in a random order within a row (not sorted, not paired by rank), each id about equally
+    often; at the shortest length, four tokens a pair, every query slot holds a query."""
+    spec = mqar.MqarSpec(num_examples=2000, length=64, num_pairs=4, vocab_size=42, seed=2)  # 20 keys, 20 values
+    ids = mqar.generate(spec).astype(np.int64)
+    keys, values = ids[:, 0:8:2], ids[:, 1:8:2]  # (rows, pairs)
+    for drawn in (keys, values):
+        assert (np.diff(drawn, axis=1) > 0).all(1).mean() < 0.1  # ascending rows: 1/4! = 0.04 for a random order
+        counts = np.bincount(drawn.ravel())[drawn.min() :]  # 8000 draws of 20 ids: 400 +- 20 each
+        assert len(counts) == 20 and counts.min() > 300 and counts.max() < 500
+    key_rank, value_rank = keys.argsort(1).argsort(1), values.argsort(1).argsort(1)
+    assert (key_rank == value_rank).all(1).mean() < 0.1  # the smallest key with the smallest value: 1/4! again
+    shortest = mqar.generate(mqar.MqarSpec(num_examples=50, length=16, num_pairs=4, vocab_size=42, seed=2))
+    assert (shortest[:, 8::2] != mqar.FILLER_ID).all()
+
+
 def test_gaps_follow_a_power_law():
     spec = mqar.MqarSpec(num_examples=3000, length=256, num_pairs=4, vocab_size=64, power_a=0.01, seed=0)
     ids = mqar.generate(spec)
@@ -61,6 +77,8 @@ def test_same_seed_same_data_and_cache(tmp_path):
     first = mqar.load_or_generate(spec, tmp_path)
     assert len(list(tmp_path.glob("mqar-*.npy"))) == 1 and not list(tmp_path.glob("*.tmp*"))
     assert np.array_equal(mqar.load_or_generate(spec, tmp_path), first)
+    assert np.array_equal(mqar.load_or_generate(other, tmp_path), mqar.generate(other))  # its own entry
+    assert len(list(tmp_path.glob("mqar-*.npy"))) == 2
 
 
 @pytest.mark.parametrize(

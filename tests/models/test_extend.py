@@ -42,6 +42,7 @@ def test_yoso_checkpoint_keeps_every_weight_and_repeats_positions(tmp_path):
 
 def test_the_length_rule_adds_a_bit_of_tau_per_doubling_and_keeps_misses_rare():
     assert hashing_for_length(8, 32, 128, 128) == hashing_for_length(8, 32, 128, 64) == (8, 32)
+    assert hashing_for_length(8, 4, 128, 128) == (8, 4)  # not longer: not even m is raised
     assert [hashing_for_length(8, 32, 128, n)[0] for n in (256, 512, 1024, 4096, 8192)] == [9, 10, 11, 13, 14]
     tau, m = hashing_for_length(8, 4, 128, 4096)  # own collision 0.91^13 = 0.293 a hash: m = 4 would miss 25%
     assert (tau, m) == (13, 20) and (1 - 0.91**13) ** m < 1e-3 < (1 - 0.91**13) ** (m - 1)

@@ -61,9 +61,10 @@ def test_crowded_buckets_use_outer_product_form_exactly(backend):
 
 def weighted_sums_case(codes: str):
     """Inputs of the sampled backward's weighted sums (2 rows of 37 queries and 53 keys, 3 hashes, 16 buckets; NaN
-    in the masked rows, which must never be read; "crowded" puts 30 queries and 40 keys in bucket 0 under every
-    hash) and what they must give: dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j and dk_j likewise,
-    with the unit rows qn = q * q_scale, kn = k * k_scale (any per-row scales); and the cumulation of v, (pairs @ v)."""
+    or Inf in the masked rows of q, k, v and dout, which must never be read; "crowded" puts 30 queries and 40 keys
+    in bucket 0 under every hash) and what they must give: dq_i = sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j
+    and dk_j likewise, with the unit rows qn = q * q_scale, kn = k * k_scale (any per-row scales); and the
+    cumulation of v, (pairs @ v)."""
     n_b, n_q, n_k, d, dv, m = 2, 37, 53, 5, 7, 3
     q_codes, k_codes = torch.randint(0, 16, (n_b, m, n_q)), torch.randint(0, 16, (n_b, m, n_k))
     if codes == "crowded":
@@ -76,7 +77,7 @@ def weighted_sums_case(codes: str):
     pairs = pairs * q_mask[..., None] * k_mask[:, None]
     w = pairs * (dout.double() @ v.double().transpose(1, 2))
     qn, kn = (q * q_scale[..., None]).double(), (k * k_scale[..., None]).double()
-    v[~k_mask], dout[~q_mask] = float("nan"), float("nan")
+    q[~q_mask], k[~k_mask], v[~k_mask], dout[~q_mask] = float("nan"), float("inf"), float("nan"), float("nan")
     inputs = dict(q_codes=q_codes, k_codes=k_codes, q=q, k=k, q_scale=q_scale, k_scale=k_scale, v=v, dout=dout,
                   q_mask=q_mask, k_mask=k_mask)  # fmt: skip
     return inputs, pairs @ v.double().nan_to_num() / m, w @ kn, w.transpose(1, 2) @ qn
@@ -116,6 +117,47 @@ def test_torch_path_forms_match_the_dense_formula(monkeypatch, form, codes):
     dq, dk = kernels_torch.weighted_backward(x["q_codes"], x["k_codes"], x["q"], x["k"], q_norm, k_norm, x["v"],
                                              x["dout"], x["q_mask"], x["k_mask"], 16)  # fmt: skip
     assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
+
+
+@pytest.mark.parametrize("codes", ["random", "crowded"])
+def test_torch_path_enumerates_each_colliding_unmasked_pair_once_per_hash(codes):
+    """The pair form's search: masked keys are in no bucket and masked queries collide with nothing (they would
+    cost work, not change sums), and chunks smaller than a bucket's run still give every pair exactly once."""
+    from yoso_attention.ops.kernels_torch import _Collisions
+
+    x, *_ = weighted_sums_case(codes)
+    q_codes, k_codes, q_mask, k_mask = x["q_codes"], x["k_codes"], x["q_mask"], x["k_mask"]
+    (n_b, m, n_q), n_k = q_codes.shape, k_codes.shape[2]
+    found = _Collisions(q_codes, k_codes, q_mask, k_mask, 16)
+    got = sorted(pair for q_rows, k_rows in found.chunks(7) for pair in zip(q_rows.tolist(), k_rows.tolist()))
+    want = sorted((b * n_q + i, b * n_k + j) for b in range(n_b) for h in range(m) for i in range(n_q)
+                  for j in range(n_k) if q_mask[b, i] and k_mask[b, j] and q_codes[b, h, i] == k_codes[b, h, j])
+    assert got == want and found.total == len(want)
+
+
+def test_registered_lsh_backward_matches_its_definition_for_other_lengths_and_masks(backend):
+    """torch.ops.yoso.lsh_backward as an operator, beyond what yoso_lsh's self-attention reaches (L != S, query and
+    key masks apart): dv_j = k_mask_j / m sum_h sum_i q_mask_i [collide] dout_i, and dq the normalisation's
+    derivative of dqn_i = tau / (2 m) sum_h sum_j [collide, unmasked] (dout_i . v_j) kn_j (dk alike)."""
+    from yoso_attention.ops.hashing import code_dtype
+
+    n_b, n_q, n_k, d, dv, m, tau = 2, 37, 53, 5, 7, 3, 4
+    q, k = torch.randn(n_b, n_q, d), torch.randn(n_b, n_k, d)
+    v, dout = torch.randn(n_b, n_k, dv), torch.randn(n_b, n_q, dv)
+    q_codes, k_codes = (torch.randint(0, 2**tau, (n_b, m, n)).to(code_dtype(tau)) for n in (n_q, n_k))
+    q_mask, k_mask = torch.rand(n_b, n_q) > 0.3, torch.rand(n_b, n_k) > 0.3
+    dq, dk, dv_got = torch.ops.yoso.lsh_backward(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, m, tau)
+
+    pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1) * q_mask[..., None] * k_mask[:, None]
+    w = pairs * (dout.double() @ v.double().transpose(1, 2)) * tau / (2 * m)  # (B, L, S)
+    qn, kn = (x.double() / x.double().norm(dim=-1, keepdim=True) for x in (q, k))
+
+    def through_norm(xn, x, grad):  # (grad - xn (xn . grad)) / |x|
+        return (grad - xn * (xn * grad).sum(-1, keepdim=True)) / x.double().norm(dim=-1, keepdim=True)
+
+    assert rel_err(dv_got, pairs.transpose(1, 2) @ dout.double() / m) < 1e-6
+    assert rel_err(dq, through_norm(qn, q, w @ kn)) < 1e-6
+    assert rel_err(dk, through_norm(kn, k, w.transpose(1, 2) @ qn)) < 1e-6
 
 
 @pytest.mark.parametrize("num_hash", [1, 4, 5], ids=lambda m: f"m{m}")  # odd m: the kernel's pairs have a tail

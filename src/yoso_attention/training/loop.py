@@ -86,6 +86,7 @@ def load_init_model(cls, args: TrainArgs, labels: dict):
     source = local_dir(args.init_from, "--init-from")
     config_path = source / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    check_classes(config, cls, args, labels.get("num_labels"))
     positions = config.get("max_position_embeddings", args.max_length)
     if not args.repeat_positions or config.get("model_type") != "yoso" or positions >= args.max_length:
         return cls.from_pretrained(source, **labels)
@@ -95,6 +96,18 @@ def load_init_model(cls, args: TrainArgs, labels: dict):
     if is_first_rank():
         print(f"--init-from --repeat-positions: {note}", file=sys.stderr)
     return model
+
+
+def check_classes(config: dict, cls, args: TrainArgs, num_classes: int | None) -> None:
+    """A head of the task's class from --init-from carries a classifier for its own classes: they must be the data's."""
+    theirs = len(config.get("id2label") or {})
+    if num_classes is None or cls.__name__ not in config.get("architectures", ()) or theirs in (0, num_classes):
+        return
+    if args.task == "mqar":  # the classes are the vocabulary's values
+        raise ValueError(f"--mqar-vocab-size {args.mqar_vocab_size} gives {num_classes} values, but the model in "
+                         f"{args.init_from} predicts {theirs}: it was trained with --mqar-vocab-size "
+                         f"{config.get('vocab_size')}")  # fmt: skip
+    raise ValueError(f"the model in {args.init_from} predicts {theirs} classes, the data has {num_classes}")
 
 
 def use_fast_hash(args: TrainArgs) -> bool:
