@@ -60,6 +60,19 @@ def test_keys_values_and_slots_are_drawn_uniformly():
     assert (shortest[:, 8::2] != mqar.FILLER_ID).all()
 
 
+def test_random_filler_with_many_pairs_takes_memory_of_the_ids_not_of_ids_times_pairs():
+    import tracemalloc
+
+    spec = mqar.MqarSpec(num_examples=2000, length=1024, num_pairs=200, vocab_size=512, filler="random", seed=0)
+    tracemalloc.start()
+    ids = mqar.generate(spec)
+    labels = mqar.labels(ids[:256], 200, spec.first_value)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 100 * 2**20  # (rows, n) int64 arrays: 16 MB each; comparing every key with every token took 261 MB
+    assert ((labels != -100).sum(1) == 200).all()
+
+
 def test_gaps_follow_a_power_law():
     spec = mqar.MqarSpec(num_examples=3000, length=256, num_pairs=4, vocab_size=64, power_a=0.01, seed=0)
     ids = mqar.generate(spec)
