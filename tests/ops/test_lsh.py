@@ -198,15 +198,19 @@ def test_queries_and_keys_get_their_own_codes():
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
 @pytest.mark.parametrize("d, tau", [(40, 7), (16, 7), (11, 5), (16, 16)], ids=lambda x: str(x))
 def test_numba_and_torch_paths_give_the_same_codes(fast_hash, d, tau):
-    """d = 16 after padding has its own fast-hash kernel path (one column in registers)."""
+    """d = 16 after padding has its own fast-hash kernel path (one column in registers). Codes lie in [0, 2**tau)
+    with the top bit used (tau 16 needs more than int16); a zero row's projections are 0, not positive: code 0."""
     from yoso_attention.ops.backend import torch_only
 
     q, k = torch.randn(3, 300, d), torch.randn(3, 300, d)
+    q[1, 5] = 0.0
     fast = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     with torch_only():
         slow = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     for a, b in zip(fast, slow):
         assert (a == b).float().mean() > 0.999  # differ only where a projection rounds to ~0
+        assert min(int(a.min()), int(b.min())) >= 0 and 2 ** (tau - 1) <= int(a.max()) < 2**tau
+    assert not fast[0][1, 5].any() and not slow[0][1, 5].any()
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])

@@ -54,3 +54,16 @@ def test_whatever_padding_holds_is_ignored(backend, op):
     assert torch.equal(out, clean) and torch.isfinite(out).all()
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() and (t.grad[0, :, 7:] == 0).all() for t in dirty)
+
+
+@OP
+def test_padding_stays_zero_beside_a_nan_key(backend, op):
+    """A NaN in a real key makes its row's real outputs NaN; the padded positions' outputs stay exact zeros."""
+    q, k, v = qkv()
+    mask = torch.ones(2, 1, 10, dtype=torch.bool)
+    mask[1, :, 7:] = False
+    with torch.no_grad():
+        k[1, 2, 3, 0] = float("nan")  # batch 1, head 2, a real position
+    out = OPS[op](q, k, v, mask)
+    assert torch.isnan(out[1, 2, :7]).all() and torch.equal(out[1, 2, 7:], torch.zeros_like(out[1, 2, 7:]))
+    assert torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all()
