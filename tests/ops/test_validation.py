@@ -70,6 +70,10 @@ def test_lsh_cumulation_rejects_out_of_range_and_float_codes():
         lsh_cumulation(good, good.float(), v, hash_code_len=4)
     with pytest.raises(ValueError, match="k_codes has shape"):
         lsh_cumulation(good, good[..., :1], v, hash_code_len=4)
+    with pytest.raises(ValueError, match=r"v has shape \(1, 5, 3\), expected \(\*\(1,\), 4, dv\) to match k_codes"):
+        lsh_cumulation(good, good, torch.randn(1, 5, 3), hash_code_len=4)  # a row per key
+    with pytest.raises(ValueError, match="k_codes is on meta, expected v's device cpu"):
+        lsh_cumulation(good, good.to("meta"), v, hash_code_len=4)
 
 
 def test_hash_codes_checks_its_inputs():

@@ -117,18 +117,18 @@ def lsh_cumulation(
         (..., L, dv) in v's dtype.
     """
     check_hash_params(None, hash_code_len)
+    check_float("v", v)
+    for name, t in (("q_codes", q_codes), ("k_codes", k_codes)):
+        if t.device != v.device:
+            raise ValueError(f"{name} is on {t.device}, expected v's device {v.device}")
     check_codes("q_codes", q_codes, hash_code_len)
     check_codes("k_codes", k_codes, hash_code_len)
-    check_float("v", v)
     lead, m = q_codes.shape[:-2], q_codes.shape[-1]
     n_q, n_k = q_codes.shape[-2], k_codes.shape[-2]
     if k_codes.shape[:-2] != lead or k_codes.shape[-1] != m:
         raise ValueError(f"k_codes has shape {tuple(k_codes.shape)}, expected (*{tuple(lead)}, S, {m}) like q_codes")
     if v.shape[:-1] != (*lead, n_k):
         raise ValueError(f"v has shape {tuple(v.shape)}, expected (*{tuple(lead)}, {n_k}, dv) to match k_codes")
-    for name, t in (("q_codes", q_codes), ("k_codes", k_codes)):
-        if t.device != v.device:
-            raise ValueError(f"{name} is on {t.device}, expected v's device {v.device}")
     q_mask = flat_mask(check_mask("q_mask", q_mask, (*lead, n_q), v.device), (*lead, n_q), v.device)
     k_mask = flat_mask(check_mask("k_mask", k_mask, (*lead, n_k), v.device), (*lead, n_k), v.device)
     small = code_dtype(hash_code_len)
