@@ -52,14 +52,6 @@ STRIDED_INPUTS = {"yoso_lsh_model_layout"}  # called with the layout models hand
 TORCH_PATH = {"yoso_lsh_torch_path"}
 
 
-def _on_torch_path(call):
-    def in_torch_only():
-        with torch_only():
-            return call()
-
-    return in_torch_only
-
-
 def model_layout(x: torch.Tensor) -> torch.Tensor:
     """The same values as a strided view, as YosoSelfAttention's _split_heads produces."""
     return x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(x.requires_grad)
@@ -77,7 +69,7 @@ def _calls(lengths, heads: int, d: int, num_hash: int, tau: int, backward: bool,
                 continue
             strided = name in STRIDED_INPUTS  # the strided inputs are made here, outside the measured call
             qs, ks, vs = (model_layout(t) if strided else t for t in (q, k, v))
-            path = _on_torch_path if name in TORCH_PATH else lambda call: call
+            path = torch_only() if name in TORCH_PATH else lambda call: call  # torch_only() wraps each call
             calls.append((name, n, "fwd", path(lambda fn=fn, q=qs, k=ks, v=vs: fn(q, k, v))))
             if backward:
                 qg, kg, vg = ((model_layout(t) if strided else t.clone()).requires_grad_() for t in (q, k, v))
