@@ -93,9 +93,10 @@ def test_weighted_kernels_match_the_dense_formula(kernel, codes):
 
     x, _, dq_want, dk_want = weighted_sums_case(codes)
     dq, dk = torch.zeros(x["q"].shape), torch.zeros(x["k"].shape)
-    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), x["q"], x["k"],
-                                  x["q_scale"], x["k_scale"], x["v"], x["dout"], x["q_mask"], x["k_mask"])]  # fmt: skip
-    getattr(numba_kernels(x["v"]), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
+    rows = [t[:, :, None] for t in (x["q"], x["k"], x["v"], x["dout"], dq, dk)]  # (B, n, heads = 1, width)
+    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), *rows[:2],
+                                  x["q_scale"], x["k_scale"], *rows[2:4], x["q_mask"], x["k_mask"])]  # fmt: skip
+    getattr(numba_kernels(x["v"]), kernel)(*arrays, 16, rows[4].numpy(), rows[5].numpy())
     assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
 
 
@@ -225,7 +226,7 @@ def test_rows_hashed_in_chunks_get_the_codes_of_one_pass(monkeypatch, fast_hash,
     with torch_only() if backend == "torch" else nullcontext():
         whole = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
         monkeypatch.setattr(hashing, "PROJECTION_CHUNK_FLOATS", 2 * 100 * 30)
-        assert len(hashing._row_chunks(q, 30)) == 4
+        assert len(hashing._row_chunks(7, 100, 30)) == 4
         chunked = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
     for a, b in zip(whole, chunked):
         assert torch.equal(a, b)

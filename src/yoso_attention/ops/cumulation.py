@@ -1,8 +1,9 @@
 """Bucket tables: scatter keys into 2**tau buckets per hash, gather them back at the queries' codes.
 
-Internal layout: codes (B, m, n) of an integer type (the ops keep them in ``code_dtype``), values
-(B, n, dv) float32, masks (B, n) bool, all contiguous. The numba kernels are the CPU path; ``kernels_torch`` is the
-portable path (CUDA, or CPU without numba).
+Internal layout: codes (B, m, n) of an integer type (the ops keep them in ``code_dtype``), masks (B, n) bool, both
+contiguous; rows (values, q, k and their gradients) float32 in either layout of ``layout``, outputs in the layout
+of their rows. The numba kernels are the CPU path; ``kernels_torch`` is the portable path (CUDA, or CPU without
+numba), on flat rows.
 """
 
 from __future__ import annotations
@@ -14,36 +15,42 @@ from . import kernels_torch
 from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_codes, check_float, check_hash_params, check_mask
 from .hashing import code_dtype
-from .normalize import flat_rows
+from .layout import as_flat, flat_rows, kernel_rows, new_rows, rows_in_layout
 
 
 def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
-    out = torch.empty(v.shape[0], q_codes.shape[2], v.shape[2], dtype=torch.float32)
-    arrays = [as_numpy(t) for t in (q_codes, k_codes, v, q_mask, k_mask)]
-    kernels.lsh_cumulation(*arrays, n_buckets, out.numpy())
+    out = new_rows(v, q_codes.shape[2], v.shape[-1])
+    arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(v), q_mask, k_mask)]
+    kernels.lsh_cumulation(*arrays, n_buckets, kernel_rows(out).numpy())
     return out
+
+
+def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
+    flat = kernels_torch.cumulate(q_codes, k_codes, as_flat(v), q_mask, k_mask, n_buckets)  # (B, L, dv)
+    return flat if v.dim() == 3 else new_rows(v, flat.shape[1], flat.shape[2]).copy_(flat.view(*v.shape[:2], -1, flat.shape[2]))
 
 
 @torch.library.custom_op("yoso::cumulate", mutates_args=())
 def cumulate(q_codes: Tensor, k_codes: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> Tensor:
-    """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j; (B, L, dv) float32.
-    Codes (B, m, n), v (B, S, dv) float32, masks (B, n) bool, all contiguous. Differentiable in v."""
-    return dispatch(_cumulate_numba, kernels_torch.cumulate, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+    """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j, float32 rows in v's layout.
+    Codes (B, m, n) and masks (B, n) contiguous, v (..., S, dv) float32 rows (``layout``). Differentiable in v."""
+    return dispatch(_cumulate_numba, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
 
 
 @cumulate.register_fake
 def _(q_codes, k_codes, v, q_mask, k_mask, n_buckets):
-    return v.new_empty(v.shape[0], q_codes.shape[2], v.shape[2])
+    return new_rows(v, q_codes.shape[2], v.shape[-1])
 
 
 def _cumulate_setup(ctx, inputs, output):
-    q_codes, k_codes, _, q_mask, k_mask, ctx.n_buckets = inputs
+    q_codes, k_codes, v, q_mask, k_mask, ctx.n_buckets = inputs
     ctx.save_for_backward(q_codes, k_codes, q_mask, k_mask)
+    ctx.v_rank = v.dim()  # the gradient goes back in v's layout
 
 
 def _cumulate_backward(ctx, grad):
     q_codes, k_codes, q_mask, k_mask = ctx.saved_tensors
-    dv = cumulate(k_codes, q_codes, grad.float().contiguous(), k_mask, q_mask, ctx.n_buckets)
+    dv = cumulate(k_codes, q_codes, rows_in_layout(grad, ctx.v_rank), k_mask, q_mask, ctx.n_buckets)
     return None, None, dv, None, None, None
 
 
@@ -59,13 +66,22 @@ def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
 
 
 def _weighted_numba(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
-    dq, dk = torch.zeros(q.shape), torch.zeros(k.shape)  # contiguous whatever q's layout
-    q_inv, k_inv = q_norm.reciprocal().flatten(1), k_norm.reciprocal().flatten(1)  # (B, n)
-    arrays = [as_numpy(t) for t in (q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask, k_mask)]
-    sparse = _sparse_buckets(k.shape[1], k.shape[2], n_buckets)
+    dq, dk = new_rows(q, q.shape[-2], q.shape[-1], zeros=True), new_rows(k, k.shape[-2], k.shape[-1], zeros=True)
+    q_inv, k_inv = (as_flat(norm).reciprocal().flatten(1) for norm in (q_norm, k_norm))  # (B, n)
+    arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(q), kernel_rows(k), q_inv, k_inv, kernel_rows(v),
+                                    kernel_rows(dout), q_mask, k_mask)]  # fmt: skip
+    sparse = _sparse_buckets(k.shape[-2], k.shape[-1], n_buckets)
     kernel = kernels.lsh_weighted_backward_sparse if sparse else kernels.lsh_weighted_backward
-    kernel(*arrays, n_buckets, dq.numpy(), dk.numpy())
+    kernel(*arrays, n_buckets, kernel_rows(dq).numpy(), kernel_rows(dk).numpy())
     return dq, dk
+
+
+def _weighted_torch(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
+    flat = kernels_torch.weighted_backward(q_codes, k_codes, *(as_flat(t) for t in (q, k, q_norm, k_norm, v, dout)),
+                                           q_mask, k_mask, n_buckets)  # fmt: skip
+    if q.dim() == 3:
+        return flat
+    return tuple(new_rows(x, x.shape[-2], x.shape[-1]).copy_(g.view(x.shape)) for x, g in zip((q, k), flat))
 
 
 @torch.library.custom_op("yoso::weighted_backward", mutates_args=())
@@ -74,15 +90,15 @@ def weighted_backward(q_codes: Tensor, k_codes: Tensor, q: Tensor, k: Tensor, q_
                       ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(dqn, dkn), the gradients w.r.t. the unit rows qn = q / q_norm and kn = k / k_norm: dqn_i = sum_h
     sum_{j collides} (dout_i . v_j) kn_j and dkn_j = sum_h sum_i (...) qn_i, over unmasked pairs (no 1/m and no
-    tau/2 factor). Raw rows q (B, L, d), k (B, S, d) and their norms (B, n, 1): the CPU kernels form the unit rows
-    as they read them."""
-    return dispatch(_weighted_numba, kernels_torch.weighted_backward, q_codes, k_codes, q, k, q_norm, k_norm, v,
-                    dout, q_mask, k_mask, n_buckets)  # fmt: skip
+    tau/2 factor), in the layout of q and k. Raw rows q (..., L, d), k (..., S, d), v, dout of one layout (``layout``)
+    and the norms (..., n, 1) of q and k: the CPU kernels form the unit rows as they read them."""
+    return dispatch(_weighted_numba, _weighted_torch, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask,
+                    k_mask, n_buckets)  # fmt: skip
 
 
 @weighted_backward.register_fake
 def _(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
-    return q.new_empty(q.shape), k.new_empty(k.shape)
+    return new_rows(q, q.shape[-2], q.shape[-1]), new_rows(k, k.shape[-2], k.shape[-1])
 
 
 def flat_mask(mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:

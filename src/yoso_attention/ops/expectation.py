@@ -19,7 +19,8 @@ from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
 from .nonfinite import poison_gradients, poison_output_
-from .normalize import flat_rows, unit_rows, unit_rows_backward
+from .layout import flat_rows, zero_rows
+from .normalize import unit_rows, unit_rows_backward
 
 _BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
 EXACT_GRAD_EPS = 1e-6  # cos clamped to [-1 + eps, 1 - eps] in the exact derivative, singular at +-1
@@ -139,10 +140,11 @@ def _expectation_backward(ctx, grad):
 expectation.register_autograd(_expectation_backward, setup_context=_expectation_setup)
 
 
-def prepare(q, k, v, mask):
-    """Validate and flatten leading dims: returns float32 q, k as contiguous (B, n, d) rows, v, and the (B, n)
-    bool masks (q_mask, k_mask). Unmasked, v keeps its layout (..., S, dv): the ops copy its rows where they
-    read them and save v itself, which a model keeps anyway (YOSO-C's convolution), instead of a second copy."""
+def prepare(q, k, v, mask, rows=flat_rows):
+    """Validate and lay out: returns float32 q, k as ``rows`` (flat_rows: contiguous (B, n, d); head_rows: the
+    sampled ops' layouts, see ``layout``), v, and the (B, n) bool masks (q_mask, k_mask). Unmasked, v is ``rows``
+    of v too, except for flat rows, where v keeps its layout (..., S, dv): the ops copy its rows where they read
+    them and save v itself, which a model keeps anyway (YOSO-C's convolution), instead of a second copy."""
     check_qkv(q, k, v)
     n_q, n_k = q.shape[-2], k.shape[-2]
     q_shape = q.shape[:-1]
@@ -151,10 +153,10 @@ def prepare(q, k, v, mask):
     mask = check_mask("mask", mask, q_shape, q.device)
     q_mask = flat_mask(mask, q_shape, q.device)
     if mask is None:
-        return flat_rows(q), flat_rows(k), v.float(), q_mask, flat_mask(None, k.shape[:-1], q.device)
+        v_rows = v.float() if rows is flat_rows else rows(v)
+        return rows(q), rows(k), v_rows, q_mask, flat_mask(None, k.shape[:-1], q.device)
     # Padding may hold anything (NaN included): zero it, so that a padded batch equals the truncated one.
-    rows = [flat_rows(t).masked_fill(~q_mask[..., None], 0.0) for t in (q, k, v)]
-    return *rows, q_mask, q_mask
+    return *(zero_rows(rows(t), q_mask) for t in (q, k, v)), q_mask, q_mask
 
 
 def yoso_expectation(

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_float, check_hash_params
-from .normalize import flat_rows
+from .layout import as_flat, flat_rows, kernel_rows, num_rows
 
 
 def code_dtype(tau: int) -> torch.dtype:
@@ -88,50 +88,57 @@ def draw_hash_functions(
 PROJECTION_CHUNK_FLOATS = 2**22  # rows projected together: at most 16 MB of fp32 projections at a time
 
 
-def _row_chunks(x: torch.Tensor, width: int) -> list[slice]:
-    """Slices of x's B rows (B, n, d) whose (rows, n, width) projections hold at most PROJECTION_CHUNK_FLOATS
+def _row_chunks(n_rows: int, n: int, width: int) -> list[slice]:
+    """Slices of n_rows rows of n vectors whose (rows, n, width) projections hold at most PROJECTION_CHUNK_FLOATS
     floats: a Gaussian projection is num_hash * tau / d times the size of x (2.75x for tau 11, m 8 and d 32;
     8x for tau 8, m 32), and all of it existed at once before."""
-    step = max(1, PROJECTION_CHUNK_FLOATS // max(1, x.shape[1] * width))
-    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+    step = max(1, PROJECTION_CHUNK_FLOATS // max(1, n * width))
+    return [slice(i, i + step) for i in range(0, n_rows, step)]
 
 
 def _hash_numba(kernels, x, randomness, num_hash, tau, fast) -> torch.Tensor:
-    codes = torch.empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
+    rows = kernel_rows(x)  # (batch, n, heads, d)
+    batch, n, heads, d = rows.shape
+    codes = torch.empty((batch * heads, num_hash, n), dtype=code_dtype(tau))
     if fast:  # projects inside the kernel, a block of rows at a time
-        kernels.fast_hash_codes(as_numpy(x), as_numpy(randomness), num_hash, tau, codes.numpy())
+        kernels.fast_hash_codes(as_numpy(rows), as_numpy(randomness), num_hash, tau, codes.numpy())
         return codes
-    for rows in _row_chunks(x, randomness.shape[-1]):
-        kernels.sign_codes(torch.bmm(x[rows], randomness[rows]).numpy(), num_hash, tau, codes[rows].numpy())
+    # One head at a time: BLAS reads its rows through their stride, and the codes go to rows b = batch * heads + head.
+    head_codes, head_draws = codes.view(batch, heads, num_hash, n), randomness.view(batch, heads, d, -1)
+    for part in _row_chunks(batch, n, randomness.shape[-1]):
+        for head in range(heads):
+            proj = torch.bmm(rows[part, :, head], head_draws[part, head])  # (part, n, >= m * tau)
+            kernels.sign_codes(proj.numpy(), num_hash, tau, head_codes[part, head].numpy())
     return codes
 
 
 def _hash_torch(x, randomness, num_hash, tau, fast) -> torch.Tensor:
+    x = as_flat(x)
     proj_matrix = _fast_projection_matrix(randomness, x.shape[-1], tau) if fast else randomness
     return torch.cat([
         _codes_from_projections(torch.bmm(x[rows], proj_matrix[rows]), num_hash, tau)  # (rows, n, >= m * tau)
-        for rows in _row_chunks(x, proj_matrix.shape[-1])
+        for rows in _row_chunks(x.shape[0], x.shape[1], proj_matrix.shape[-1])
     ])  # fmt: skip
 
 
 @torch.library.custom_op("yoso::hash_rows", mutates_args=())
 def hash_rows(x: Tensor, randomness: Tensor, num_hash: int, tau: int, fast: bool) -> Tensor:
-    """x (B, n, d) contiguous float32 and a ``draw_hash_functions`` draw -> codes (B, num_hash, n) of
-    code_dtype(tau); deterministic, so rehashing the same rows gives the same codes."""
+    """x float32 rows (..., n, d) in either layout of ``layout`` and a ``draw_hash_functions`` draw -> codes
+    (B, num_hash, n) of code_dtype(tau); deterministic, so rehashing the same rows gives the same codes."""
     return dispatch(_hash_numba, _hash_torch, x.detach(), randomness, num_hash, tau, fast)
 
 
 @hash_rows.register_fake
 def _(x, randomness, num_hash, tau, fast):
-    return x.new_empty((x.shape[0], num_hash, x.shape[1]), dtype=code_dtype(tau))
+    return x.new_empty((num_rows(x), num_hash, x.shape[-2]), dtype=code_dtype(tau))
 
 
 def hash_flat(
     q: torch.Tensor, k: torch.Tensor, num_hash: int, tau: int, fast: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q (B, L, d), k (B, S, d) contiguous float32 (see ``flat_rows``) -> codes (B, num_hash, L) and
-    (B, num_hash, S) of code_dtype(tau), sharing one draw."""
-    randomness = draw_hash_functions(q.shape[0], q.shape[-1], num_hash, tau, fast, q.device, generator)
+    """q (..., L, d), k (..., S, d) float32 rows (``layout``) -> codes (B, num_hash, L) and (B, num_hash, S) of
+    code_dtype(tau), sharing one draw."""
+    randomness = draw_hash_functions(num_rows(q), q.shape[-1], num_hash, tau, fast, q.device, generator)
     return hash_pair(q, k, randomness, num_hash, tau, fast)
 
 

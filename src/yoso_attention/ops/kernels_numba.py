@@ -2,8 +2,9 @@
 
 All arrays are C-contiguous numpy views of CPU tensors (float32 data, int32 codes, bool masks); every
 kernel is parallel over the flattened (batch x heads) axis ``B`` and keeps its working set (one hash
-table, one block of projections) in cache. Codes are laid out (B, num_hash, n) so that one hash function
-is a contiguous row.
+table, one block of projections) in cache. Rows (q, k, v and their gradients) are (batch, n, heads, d) arrays,
+the memory of a model's heads (``layout.kernel_rows``; heads = 1 for flat rows): row b of the flattened axis is
+[b // heads, :, b % heads]. Codes are laid out (B, num_hash, n) so that one hash function is a contiguous row.
 """
 
 from __future__ import annotations
@@ -140,22 +141,24 @@ def _hadamard3_signs16(x_t, signs, b, p, cnt, bits):
 
 @njit(parallel=True, fastmath=True, cache=True)
 def fast_hash_codes(x, signs, num_hash, tau, codes):
-    """codes[b, h, i] = tau-bit sign code of (H D3 H D2 H D1 x_i) for hash h of x (B, n, d).
+    """codes[b, h, i] = tau-bit sign code of (H D3 H D2 H D1 x_i) for hash h of rows x (batch, n, heads, d).
 
     signs: (B, parts, 3, d_pad) of +-1; part p gives hashes p*per_part ... from coordinates g*tau ...
     """
-    n_b, n, d = x.shape
+    _, n, heads, d = x.shape
+    n_b = codes.shape[0]
     d_pad = signs.shape[3]
     per_part = d_pad // tau
     n_blocks = (n + _HASH_BLOCK - 1) // _HASH_BLOCK
     for t in prange(n_b * n_blocks):
         b = t // n_blocks
+        batch, head = b // heads, b % heads
         i0 = (t % n_blocks) * _HASH_BLOCK
         cnt = min(n, i0 + _HASH_BLOCK) - i0
         x_t = np.zeros((d_pad, _HASH_BLOCK), dtype=np.float32)  # this block of x, transposed once
         for i in range(cnt):
             for c in range(d):
-                x_t[c, i] = x[b, i0 + i, c]
+                x_t[c, i] = x[batch, i0 + i, head, c]
         buf = np.empty((d_pad, _HASH_BLOCK), dtype=np.float32)
         acc = np.empty(_HASH_BLOCK, dtype=np.int32)
         for p in range(signs.shape[1]):
@@ -188,21 +191,68 @@ def sign_codes(proj, num_hash, tau, codes):
             codes[b, h, i] = code
 
 
+@njit(inline="always")
+def _flat(x):
+    """x (batch, n, heads, width) as (batch, n * heads, width): for heads = 1, row b of the flattened axis is x3[b]."""
+    return x.reshape((x.shape[0], x.shape[1] * x.shape[2], x.shape[3]))
+
+
+@njit(inline="always")
+def _head_rows(x, x3, b):
+    """Row b's (n, width) rows as a C-contiguous array: the view x3[b] (x3 = _flat(x)) for heads = 1, else a copy
+    gathered from x. Kernels that revisit rows run on such copies: a head's rows read in place lie heads * width
+    floats apart, and at 12 heads of 64 those 3 KB strides fall on a quarter of the cache sets (1.5-1.7x slower)."""
+    heads = x.shape[2]
+    if heads == 1:
+        return x3[b]
+    batch, head = b // heads, b % heads
+    rows = np.empty((x.shape[1], x.shape[3]), dtype=np.float32)
+    for i in range(x.shape[1]):
+        for l in range(x.shape[3]):
+            rows[i, l] = x[batch, i, head, l]
+    return rows
+
+
+@njit(inline="always")
+def _head_out(x, x3, b):
+    """Row b's output rows, to accumulate into: the view x3[b] of the caller's zeros for heads = 1, else zeros to
+    be scattered back with _scatter_head."""
+    if x.shape[2] == 1:
+        return x3[b]
+    return np.zeros((x.shape[1], x.shape[3]), dtype=np.float32)
+
+
+@njit(inline="always")
+def _scatter_head(rows, x, b):
+    """Write row b's rows back into x (batch, n, heads, width) where _head_out gave a copy."""
+    heads = x.shape[2]
+    if heads == 1:
+        return
+    batch, head = b // heads, b % heads
+    for i in range(x.shape[1]):
+        for l in range(x.shape[3]):
+            x[batch, i, head, l] = rows[i, l]
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def lsh_cumulation(q_codes, k_codes, v, q_mask, k_mask, n_buckets, out):
-    """out[b, i] = q_mask[b, i] / m * sum_h T_h[q_codes[b, h, i]], T_h[c] = sum of unmasked v_j with code c.
+    """out[b, i] = q_mask[b, i] / m * sum_h T_h[q_codes[b, h, i]], T_h[c] = sum of unmasked v_j with code c; v and
+    out rows (batch, n, heads, dv).
 
     Two hashes per pass: each v_j and each output row is loaded once for two tables (8-13% faster than one
     table per pass at n = 4096 and 16384; a runtime number of tables per pass was slower).
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
-    dv = v.shape[2]
+    heads, dv = v.shape[2], v.shape[3]
+    v3 = _flat(v)
     scale = np.float32(1.0 / m)
     # With m odd, the last pass has no second hash: its keys go to scratch row n_buckets of table 1 and its
     # queries read row n_buckets + 1, which stays zero.
     key_scratch, query_scratch = n_buckets, n_buckets + 1
     for b in prange(n_b):
+        batch, head = b // heads, b % heads
+        vb = _head_rows(v, v3, b)  # (n_k, dv), read m / 2 times
         tables = np.empty((2, n_buckets + 2, dv), dtype=np.float32)
         acc = np.zeros((n_q, dv), dtype=np.float32)
         for h in range(0, m, 2):
@@ -213,7 +263,7 @@ def lsh_cumulation(q_codes, k_codes, v, q_mask, k_mask, n_buckets, out):
                     c0 = k_codes[b, h, j]
                     c1 = k_codes[b, h + 1, j] if pair else key_scratch
                     for l in range(dv):
-                        x = v[b, j, l]
+                        x = vb[j, l]
                         tables[0, c0, l] += x
                         tables[1, c1, l] += x
             for i in range(n_q):
@@ -224,7 +274,7 @@ def lsh_cumulation(q_codes, k_codes, v, q_mask, k_mask, n_buckets, out):
         for i in range(n_q):
             s = scale if q_mask[b, i] else np.float32(0.0)
             for l in range(dv):
-                out[b, i, l] = acc[i, l] * s
+                out[batch, i, head, l] = acc[i, l] * s
 
 
 @njit(inline="always")
@@ -251,42 +301,44 @@ def _crowded(nq, nk, d, dv):
 
 
 @njit(inline="always", fastmath=True)
-def _sum_outer(b, idx, x, x_scale, y, mat):
-    """mat = sum over the rows i in idx of (x_scale_i x_i) y_i^T."""
+def _sum_outer(idx, x, x_scale, y, mat):
+    """mat = sum over the rows i in idx of (x_scale_i x_i) y_i^T; x, y one (batch x head) row's (n, width) rows."""
     mat[:] = 0.0
     for i in idx:
         for r in range(mat.shape[0]):
-            xs = x[b, i, r] * x_scale[b, i]
+            xs = x[i, r] * x_scale[i]
             for l in range(mat.shape[1]):
-                mat[r, l] += xs * y[b, i, l]
+                mat[r, l] += xs * y[i, l]
 
 
 @njit(inline="always", fastmath=True)
-def _add_products(b, idx, mat, y, out):
+def _add_products(idx, mat, y, out):
     """out_i += mat y_i for the rows i in idx."""
     for i in idx:
         for r in range(mat.shape[0]):
             s = np.float32(0.0)
             for l in range(mat.shape[1]):
-                s += mat[r, l] * y[b, i, l]
-            out[b, i, r] += s
+                s += mat[r, l] * y[i, l]
+            out[i, r] += s
 
 
 @njit(inline="always", fastmath=True)
-def _bucket_outer_products(b, q_idx, k_idx, q, k, q_inv, k_inv, v, dout, a_mat, b_mat, dq, dk):
+def _bucket_outer_products(q_idx, k_idx, q, k, q_inv, k_inv, v, dout, a_mat, b_mat, dq, dk):
     """One bucket's exact update as d x dv matrices: dq_i += A dout_i, A = sum_j kn_j v_j^T, and
-    dk_j += B v_j, B = sum_i qn_i dout_i^T, over the queries q_idx and keys k_idx of the bucket."""
-    _sum_outer(b, k_idx, k, k_inv, v, a_mat)
-    _sum_outer(b, q_idx, q, q_inv, dout, b_mat)
-    _add_products(b, q_idx, a_mat, dout, dq)
-    _add_products(b, k_idx, b_mat, v, dk)
+    dk_j += B v_j, B = sum_i qn_i dout_i^T, over the queries q_idx and keys k_idx of the bucket (one
+    (batch x head) row's arrays)."""
+    _sum_outer(k_idx, k, k_inv, v, a_mat)
+    _sum_outer(q_idx, q, q_inv, dout, b_mat)
+    _add_products(q_idx, a_mat, dout, dq)
+    _add_products(k_idx, b_mat, v, dk)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
 def lsh_weighted_backward(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     """Accumulate, over hashes and colliding unmasked pairs (i, j): w = dout_i . v_j,
     dq_i += w * kn_j, dk_j += w * qn_i, with the unit rows qn_i = q_inv_i q_i, kn_j = k_inv_j k_j formed as read
-    (q_inv, k_inv (B, n): inverse row norms), so that the backward holds no copy of q and k.
+    (q_inv, k_inv (B, n): inverse row norms), so that the backward holds no copy of q and k. Rows q, k, v, dout,
+    dq, dk are (batch, n, heads, width); dq and dk start at zero.
 
     Bucket-major, for buckets holding several keys: per hash, queries and keys are sorted by code, and each
     bucket takes the cheaper of two exact forms: the pairwise sum (cost ~ nq * nk * (dv + 2d)) or the
@@ -295,9 +347,11 @@ def lsh_weighted_backward(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask,
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
-    d = q.shape[2]
-    dv = v.shape[2]
+    d, dv = q.shape[3], v.shape[3]
+    q3, k3, v3, dout3, dq3, dk3 = _flat(q), _flat(k), _flat(v), _flat(dout), _flat(dq), _flat(dk)
     for b in prange(n_b):
+        qb, kb, vb, ob = _head_rows(q, q3, b), _head_rows(k, k3, b), _head_rows(v, v3, b), _head_rows(dout, dout3, b)
+        dqb, dkb = _head_out(dq, dq3, b), _head_out(dk, dk3, b)
         q_start = np.zeros(n_buckets + 1, dtype=np.int64)
         k_start = np.zeros(n_buckets + 1, dtype=np.int64)
         q_order = np.empty(n_q, dtype=np.int64)
@@ -313,9 +367,8 @@ def lsh_weighted_backward(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask,
                 if nq == 0 or nk == 0:
                     continue
                 if _crowded(nq, nk, d, dv):
-                    _bucket_outer_products(b, q_order[q_start[c] : q_start[c + 1]],
-                                           k_order[k_start[c] : k_start[c + 1]], q, k, q_inv, k_inv, v, dout,
-                                           a_mat, b_mat, dq, dk)  # fmt: skip
+                    _bucket_outer_products(q_order[q_start[c] : q_start[c + 1]], k_order[k_start[c] : k_start[c + 1]],
+                                           qb, kb, q_inv[b], k_inv[b], vb, ob, a_mat, b_mat, dqb, dkb)  # fmt: skip
                     continue
                 for ii in range(q_start[c], q_start[c + 1]):
                     i = q_order[ii]
@@ -323,11 +376,13 @@ def lsh_weighted_backward(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, q_mask,
                         j = k_order[jj]
                         w = np.float32(0.0)
                         for l in range(dv):
-                            w += dout[b, i, l] * v[b, j, l]
+                            w += ob[i, l] * vb[j, l]
                         wq, wk = w * k_inv[b, j], w * q_inv[b, i]
                         for l in range(d):
-                            dq[b, i, l] += wq * k[b, j, l]
-                            dk[b, j, l] += wk * q[b, i, l]
+                            dqb[i, l] += wq * kb[j, l]
+                            dkb[j, l] += wk * qb[i, l]
+        _scatter_head(dqb, dq, b)
+        _scatter_head(dkb, dk, b)
 
 
 @njit(inline="always")
@@ -382,11 +437,13 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, 
     """
     n_b, m, n_q = q_codes.shape
     n_k = k_codes.shape[2]
-    d = q.shape[2]
-    dv = v.shape[2]
+    d, dv = q.shape[3], v.shape[3]
+    q3, k3, v3, dout3, dq3, dk3 = _flat(q), _flat(k), _flat(v), _flat(dout), _flat(dq), _flat(dk)
     for b in prange(n_b):
-        head, nxt, k_count = _bucket_lists(k_codes[b], k_mask[b], n_buckets)
-        has_crowded = _unlink_crowded(q_codes[b], q_mask[b], head, k_count, d, dv)
+        qb, kb, vb, ob = _head_rows(q, q3, b), _head_rows(k, k3, b), _head_rows(v, v3, b), _head_rows(dout, dout3, b)
+        dqb, dkb = _head_out(dq, dq3, b), _head_out(dk, dk3, b)
+        first, nxt, k_count = _bucket_lists(k_codes[b], k_mask[b], n_buckets)
+        has_crowded = _unlink_crowded(q_codes[b], q_mask[b], first, k_count, d, dv)
         acc = np.empty(d, dtype=np.float32)
         for i in range(n_q):
             if not q_mask[b, i]:
@@ -394,33 +451,34 @@ def lsh_weighted_backward_sparse(q_codes, k_codes, q, k, q_inv, k_inv, v, dout, 
             acc[:] = 0.0
             qi_inv = q_inv[b, i]
             for h in range(m):
-                j = head[h, q_codes[b, h, i]]
+                j = first[h, q_codes[b, h, i]]
                 while j >= 0:
                     w = np.float32(0.0)
                     for l in range(dv):
-                        w += dout[b, i, l] * v[b, j, l]
+                        w += ob[i, l] * vb[j, l]
                     wq, wk = w * k_inv[b, j], w * qi_inv
                     for l in range(d):
-                        acc[l] += wq * k[b, j, l]
-                        dk[b, j, l] += wk * q[b, i, l]
+                        acc[l] += wq * kb[j, l]
+                        dkb[j, l] += wk * qb[i, l]
                     j = nxt[h, j]
             for l in range(d):
-                dq[b, i, l] += acc[l]
-        if not has_crowded.any():
-            continue
-        q_start, k_start = np.zeros(n_buckets + 1, dtype=np.int64), np.zeros(n_buckets + 1, dtype=np.int64)
-        q_order, k_order = np.empty(n_q, dtype=np.int64), np.empty(n_k, dtype=np.int64)
-        a_mat, b_mat = np.empty((d, dv), dtype=np.float32), np.empty((d, dv), dtype=np.float32)
-        for h in range(m):
-            if not has_crowded[h]:
-                continue
-            _bucket_sort(q_codes[b, h], q_mask[b], n_buckets, q_start, q_order)
-            _bucket_sort(k_codes[b, h], k_mask[b], n_buckets, k_start, k_order)
-            for c in range(n_buckets):
-                if k_count[h, c] == -1:
-                    _bucket_outer_products(b, q_order[q_start[c] : q_start[c + 1]],
-                                           k_order[k_start[c] : k_start[c + 1]], q, k, q_inv, k_inv, v, dout,
-                                           a_mat, b_mat, dq, dk)  # fmt: skip
+                dqb[i, l] += acc[l]
+        if has_crowded.any():
+            q_start, k_start = np.zeros(n_buckets + 1, dtype=np.int64), np.zeros(n_buckets + 1, dtype=np.int64)
+            q_order, k_order = np.empty(n_q, dtype=np.int64), np.empty(n_k, dtype=np.int64)
+            a_mat, b_mat = np.empty((d, dv), dtype=np.float32), np.empty((d, dv), dtype=np.float32)
+            for h in range(m):
+                if not has_crowded[h]:
+                    continue
+                _bucket_sort(q_codes[b, h], q_mask[b], n_buckets, q_start, q_order)
+                _bucket_sort(k_codes[b, h], k_mask[b], n_buckets, k_start, k_order)
+                for c in range(n_buckets):
+                    if k_count[h, c] == -1:
+                        _bucket_outer_products(q_order[q_start[c] : q_start[c + 1]],
+                                               k_order[k_start[c] : k_start[c + 1]], qb, kb, q_inv[b], k_inv[b],
+                                               vb, ob, a_mat, b_mat, dqb, dkb)  # fmt: skip
+        _scatter_head(dqb, dq, b)
+        _scatter_head(dkb, dk, b)
 
 
 @njit(inline="always", fastmath=True)

@@ -21,33 +21,35 @@ from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import code_dtype, draw_hash_functions, hash_pair
 from .nonfinite import poison_gradients, poison_output_
-from .normalize import flat_rows, row_norms, unit_rows_backward
+from .layout import as_flat, head_rows, kernel_rows, from_kernel_rows, new_rows, num_rows, rows_in_layout
+from .normalize import row_norms, unit_rows_backward
 
 
 @torch.library.custom_op("yoso::lsh", mutates_args=())
 def lsh(q: Tensor, k: Tensor, v: Tensor, hash_draw: Tensor, q_mask: Tensor, k_mask: Tensor, num_hash: int,
         tau: int, fast: bool, lsh_backward: bool, recompute_codes: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Sampled YOSO of (B, L, d) q, (B, S, d) k (raw rows), v float32 (..., S, dv) in any layout whose leading
-    dims flatten to B (see ``prepare``) under the hash functions of ``hash_draw``: (out (B, L, dv), q_codes
-    (B, m, L), k_codes (B, m, S)). Differentiable in q, k and v; the last two arguments only choose what the
-    backward does and keeps."""
+    """Sampled YOSO of q (..., L, d), k (..., S, d) (raw rows) and v (..., S, dv), float32 rows of one layout (see
+    ``layout``), under the hash functions of ``hash_draw``: (out (..., L, dv) in that layout, q_codes (B, m, L),
+    k_codes (B, m, S)). Differentiable in q, k and v; the last two arguments only choose what the backward does
+    and keeps."""
     q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)
-    return cumulate(q_codes, k_codes, flat_rows(v), q_mask, k_mask, 2**tau), q_codes, k_codes
+    return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau), q_codes, k_codes
 
 
 @lsh.register_fake
 def _(q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast, lsh_backward, recompute_codes):
     dtype = code_dtype(tau)
-    return (v.new_empty(q.shape[0], q.shape[1], v.shape[-1]), q.new_empty((q.shape[0], num_hash, q.shape[1]), dtype=dtype),
-            k.new_empty((k.shape[0], num_hash, k.shape[1]), dtype=dtype))  # fmt: skip
+    return (new_rows(v, q.shape[-2], v.shape[-1]), q.new_empty((num_rows(q), num_hash, q.shape[-2]), dtype=dtype),
+            k.new_empty((num_rows(k), num_hash, k.shape[-2]), dtype=dtype))  # fmt: skip
 
 
 @torch.library.custom_op("yoso::lsh_backward", mutates_args=())
 def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor, k_codes: Tensor, q_mask: Tensor,
                  k_mask: Tensor, num_hash: int, tau: int) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """(dq, dk, dv) of ``lsh`` from the forward's codes in linear time: dv is the cumulation with queries and keys
-    swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows."""
-    q_norm, k_norm = row_norms(q), row_norms(k)  # (B, n, 1): the unit rows are never stored
+    swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows.
+    q, k, v, dout: float32 rows of one layout (``layout``); the gradients come in that layout."""
+    q_norm, k_norm = (from_kernel_rows(row_norms(kernel_rows(x)), x) for x in (q, k))  # (..., n, 1), unit rows unstored
     dv = cumulate(k_codes, q_codes, dout, k_mask, q_mask, 2**tau)
     dqn, dkn = weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, 2**tau)
     scale = tau / (2 * num_hash)
@@ -58,7 +60,7 @@ def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor,
 
 @lsh_backward.register_fake
 def _(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau):
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    return tuple(new_rows(x, x.shape[-2], x.shape[-1]) for x in (q, k, v))
 
 
 def _lsh_setup(ctx, inputs, output):
@@ -73,19 +75,23 @@ def _lsh_setup(ctx, inputs, output):
     codes_source = () if not lsh_bwd else (hash_draw,) if recompute else (q_codes, k_codes)
     ctx.save_for_backward(q, k, v, q_mask, k_mask, *codes_source)
     ctx.hashing, ctx.lsh_backward, ctx.recompute = (num_hash, tau, fast), lsh_bwd, recompute
+    ctx.set_materialize_grads(False)  # the codes get no gradient: no zero tensors of their size in backward
 
 
 def _lsh_backward(ctx, grad, *_codes_grads):
+    if grad is None:
+        return (None,) * 11
     q, k, v, q_mask, k_mask, *codes_source = ctx.saved_tensors
     num_hash, tau, _ = ctx.hashing
-    grad, v_rows = grad.float().contiguous(), flat_rows(v)
-    if not ctx.lsh_backward:
-        dq, dk, dv = expectation_backward(q, k, v_rows, grad, q_mask, k_mask, tau, False)
+    grad = rows_in_layout(grad, q.dim())
+    if not ctx.lsh_backward:  # YOSO-E's gradients, on flat rows
+        flat = expectation_backward(*(as_flat(t) for t in (q, k, v, grad)), q_mask, k_mask, tau, False)
+        dq, dk, dv = (rows_in_layout(g.view(x.shape), x.dim()) for g, x in zip(flat, (q, k, v)))
     else:
         codes = hash_pair(q, k, *codes_source, *ctx.hashing) if ctx.recompute else codes_source
-        dq, dk, dv = lsh_backward(q, k, v_rows, grad, *codes, q_mask, k_mask, num_hash, tau)
-    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v_rows, q_mask, k_mask)
-    return dq, dk, dv.view(v.shape), None, None, None, None, None, None, None, None
+        dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, num_hash, tau)
+    dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
 
 
 lsh.register_autograd(_lsh_backward, setup_context=_lsh_setup)
@@ -135,9 +141,9 @@ def yoso_lsh(
     """
     check_hash_params(num_hash, hash_code_len)
     with fp32_region(q):
-        q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask)
+        q32, k32, v32, q_mask, k_mask = prepare(q, k, v, mask, rows=head_rows)
         hashing = (num_hash, hash_code_len, fast_hash)
-        draw = draw_hash_functions(q32.shape[0], q32.shape[-1], *hashing, q32.device, generator)
+        draw = draw_hash_functions(num_rows(q32), q32.shape[-1], *hashing, q32.device, generator)
         out, _, _ = lsh(q32, k32, v32, draw, q_mask, k_mask, *hashing, bool(lsh_backward), bool(recompute_codes))
         out = poison_output_(out, q32, k32, v32, q_mask, k_mask)
     return out.reshape(*q.shape[:-1], v.shape[-1]).to(v.dtype)

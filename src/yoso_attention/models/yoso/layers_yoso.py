@@ -110,7 +110,8 @@ class YosoSelfAttention(nn.Module):
             context = yoso_lsh(q, k, v, head_mask, lsh_backward=cfg.lsh_backward,
                                recompute_codes=cfg.recompute_hash_codes, **self._hashing())  # fmt: skip
         # F.normalize per head, in the output's (batch, n, heads, head_dim) layout so that the output dense layer
-        # keeps the very tensor the normalisation keeps.
+        # keeps the very tensor the normalisation keeps. yoso_lsh returns its output in q's head-interleaved
+        # layout (as SDPA does), so this transpose is a view, and so are the gradients' on the way back.
         context = normalize_rows(context.transpose(1, 2).contiguous())  # (batch, n, heads, head_dim)
         return self._merge_heads(context, v, mask), weights
 
