@@ -19,7 +19,7 @@ from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_hash_params, check_mask, check_qkv
 from .cumulation import flat_mask
 from .nonfinite import poison_gradients, poison_output_
-from .layout import flat_rows, zero_rows
+from .layout import flat_rows, zero_padding
 from .normalize import unit_rows, unit_rows_backward
 
 _BLOCK_ELEMENTS = 1 << 22  # elements of one (B, block, S) scratch matrix: 16 MB in fp32
@@ -156,7 +156,7 @@ def prepare(q, k, v, mask, rows=flat_rows):
         v_rows = v.float() if rows is flat_rows else rows(v)
         return rows(q), rows(k), v_rows, q_mask, flat_mask(None, k.shape[:-1], q.device)
     # Padding may hold anything (NaN included): zero it, so that a padded batch equals the truncated one.
-    return *(zero_rows(rows(t), q_mask) for t in (q, k, v)), q_mask, q_mask
+    return *(zero_padding(rows(t), q_mask) for t in (q, k, v)), q_mask, q_mask
 
 
 def yoso_expectation(

@@ -84,23 +84,23 @@ def per_row(values: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return values.reshape(rows.shape[:-1])[..., None]
 
 
-class _ZeroRows(torch.autograd.Function):
-    """x with the rows where keep is False set to zero, in x's layout, forward and backward (``masked_fill``'s
-    own backward returned the gradient of interleaved rows in another layout, which the model then copied)."""
+class _ZeroPadding(torch.autograd.Function):
+    """x with the padded rows (keep False) set to zero, in x's layout. The gradient passes as it comes: the ops
+    give padded rows exact zero gradients themselves (tests/ops/test_nonfinite.py), and ``masked_fill``'s own
+    backward, which zeroed them again, returned interleaved rows' gradient in another layout (a copy, then the
+    model's transpose another)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(keep)
         return x.clone().masked_fill_(~keep, 0.0)  # clone keeps the layout; masked_fill_ is NaN-safe, unlike x * keep
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return grad.clone().masked_fill_(~keep, 0.0), None
+        return grad, None
 
 
-def zero_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Rows x (either layout) with the rows where keep ((B, n) bool) is False zeroed: a fresh tensor in x's layout
-    whose gradient keeps that layout too."""
-    return _ZeroRows.apply(x, per_row(keep, x))
+def zero_padding(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Rows x (either layout) with the rows where keep ((B, n) bool) is False zeroed: a fresh tensor in x's layout,
+    for ops whose gradients are zero on those rows."""
+    return _ZeroPadding.apply(x, per_row(keep, x))
 
