@@ -15,7 +15,7 @@ from . import kernels_torch
 from .backend import as_numpy, dispatch, fp32_region
 from .checks import check_codes, check_float, check_hash_params, check_mask
 from .hashing import code_dtype
-from .layout import as_flat, flat_rows, kernel_rows, new_rows, rows_in_layout
+from .layout import as_flat, flat_rows, from_flat, kernel_rows, new_rows, rows_in_layout
 
 
 def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
@@ -26,8 +26,7 @@ def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> 
 
 
 def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
-    flat = kernels_torch.cumulate(q_codes, k_codes, as_flat(v), q_mask, k_mask, n_buckets)  # (B, L, dv)
-    return flat if v.dim() == 3 else new_rows(v, flat.shape[1], flat.shape[2]).copy_(flat.view(*v.shape[:2], -1, flat.shape[2]))
+    return from_flat(kernels_torch.cumulate(q_codes, k_codes, as_flat(v), q_mask, k_mask, n_buckets), v)
 
 
 @torch.library.custom_op("yoso::cumulate", mutates_args=())
@@ -77,11 +76,9 @@ def _weighted_numba(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_
 
 
 def _weighted_torch(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
-    flat = kernels_torch.weighted_backward(q_codes, k_codes, *(as_flat(t) for t in (q, k, q_norm, k_norm, v, dout)),
-                                           q_mask, k_mask, n_buckets)  # fmt: skip
-    if q.dim() == 3:
-        return flat
-    return tuple(new_rows(x, x.shape[-2], x.shape[-1]).copy_(g.view(x.shape)) for x, g in zip((q, k), flat))
+    dqn, dkn = kernels_torch.weighted_backward(q_codes, k_codes, *(as_flat(t) for t in (q, k, q_norm, k_norm, v, dout)),
+                                               q_mask, k_mask, n_buckets)  # fmt: skip
+    return from_flat(dqn, q), from_flat(dkn, k)
 
 
 @torch.library.custom_op("yoso::weighted_backward", mutates_args=())

@@ -69,6 +69,13 @@ def rows_in_layout(x: torch.Tensor, rank: int) -> torch.Tensor:
     return new_rows(x, x.shape[-2], x.shape[-1]).copy_(x)
 
 
+def from_flat(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Flat (B, n, width) results for rows like ``like`` -> in like's layout (flat itself when like is flat)."""
+    if like.dim() == 3:
+        return flat
+    return new_rows(like, flat.shape[1], flat.shape[2]).copy_(flat.view(*like.shape[:2], *flat.shape[1:]))
+
+
 def num_rows(x: torch.Tensor) -> int:
     """B, the number of (batch x head) rows of x in either layout."""
     return x.shape[0] * x.shape[1] if x.dim() == 4 else x.shape[0]

@@ -20,8 +20,8 @@ from .checks import check_hash_params
 from .cumulation import cumulate, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import code_dtype, draw_hash_functions, hash_pair
+from .layout import as_flat, from_flat, from_kernel_rows, head_rows, kernel_rows, new_rows, num_rows, rows_in_layout
 from .nonfinite import poison_gradients, poison_output_
-from .layout import as_flat, head_rows, kernel_rows, from_kernel_rows, new_rows, num_rows, rows_in_layout
 from .normalize import row_norms, unit_rows_backward
 
 
@@ -86,7 +86,7 @@ def _lsh_backward(ctx, grad, *_codes_grads):
     grad = rows_in_layout(grad, q.dim())
     if not ctx.lsh_backward:  # YOSO-E's gradients, on flat rows
         flat = expectation_backward(*(as_flat(t) for t in (q, k, v, grad)), q_mask, k_mask, tau, False)
-        dq, dk, dv = (rows_in_layout(g.view(x.shape), x.dim()) for g, x in zip(flat, (q, k, v)))
+        dq, dk, dv = (from_flat(g, x) for g, x in zip(flat, (q, k, v)))
     else:
         codes = hash_pair(q, k, *codes_source, *ctx.hashing) if ctx.recompute else codes_source
         dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, num_hash, tau)
