@@ -235,6 +235,42 @@ def test_sampling_mode_keeps_for_backward_what_softmax_keeps_plus_the_codes():
     assert _saved_activation_bytes(yoso, ids, mask) <= softmax_bytes * 1.01 + draw_bytes
 
 
+def _activation_allocations(model, ids) -> int:
+    """Fresh fp32 tensors of one activation's size (batch x n x hidden) made by the ops of a forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    size, fresh = ids.numel() * model.config.hidden_size, []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            fresh.extend(t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.dtype == torch.float32
+                         and t.numel() == size and t.untyped_storage().data_ptr() not in inputs)  # fmt: skip
+            return out
+
+    with Count():
+        model(ids).last_hidden_state.sum().backward()
+    return len(fresh)
+
+
+def test_sampling_mode_copies_no_head_views():
+    """The ops take the model's (batch, heads, n, d) head views where they lie and hand back the output and the
+    gradients in that layout, as SDPA does: a layer's forward and backward make SDPA's activation-sized tensors
+    plus YOSO's output normalisation and its gradient (until this release also 7 copies between layouts)."""
+    from yoso_attention.training.softmax import use_softmax_attention
+
+    cfg = dict(use_expectation=False, num_hash=8, hash_code_len=11, max_position_embeddings=512, hidden_size=64,
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    yoso = yoso_attention.YosoModel(tiny_config(**cfg)).train()
+    softmax = yoso_attention.YosoModel(tiny_config(**cfg)).train()
+    use_softmax_attention(softmax)
+    ids = torch.randint(3, 99, (2, 500))
+    layers = yoso.config.num_hidden_layers
+    assert _activation_allocations(yoso, ids) == _activation_allocations(softmax, ids) + 2 * layers
+
+
 @pytest.mark.parametrize("use_expectation", [False, True], ids=["sampled", "expectation"])
 def test_with_the_value_convolution_the_values_are_kept_once(use_expectation):
     """YOSO-C's convolution keeps the value projection's output; unpadded, the op keeps that very tensor instead
