@@ -245,7 +245,8 @@ def _activation_allocations(model, ids) -> int:
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+            tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+            inputs = {t.untyped_storage().data_ptr() for t in tensors}
             fresh.extend(t for t in tree_leaves(out) if isinstance(t, torch.Tensor) and t.dtype == torch.float32
                          and t.numel() == size and t.untyped_storage().data_ptr() not in inputs)  # fmt: skip
             return out
