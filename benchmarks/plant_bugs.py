@@ -6,12 +6,14 @@ Not part of the suite (it runs the suite's tests many times). Usage, from the re
     .venv/bin/python benchmarks/plant_bugs.py padding    # the bugs whose name contains "padding"
 
 Each bug is a (file, text, replacement) edit of src/yoso_attention and the pytest selection that must fail on
-it. The copy is imported through PYTHONPATH, ahead of the installed package. Exit status 1 if a bug survives.
+it. The copy is imported through PYTHONPATH, ahead of the installed package; a bug in the compiled kernels' source
+rebuilds the copy's libraries with setup.py's flags (g++). Exit status 1 if a bug survives.
 """
 
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -77,6 +79,21 @@ BUGS = [
     ("layout: every head's gradients scattered into head 0",
      "ops/kernels_numba.py", "            x[batch, i, head, l] = rows[i, l]",
      "            x[batch, i, 0, l] = rows[i, l]", "tests/ops/test_layout.py"),
+    ("compiled kernels: a head's rows gathered from another head",
+     "ops/csrc/cpu_kernels.cpp", "x + ((row_batch * n + i) * heads + head) * width, width * sizeof(float));",
+     "x + ((row_batch * n + i) * heads + (heads - 1 - head)) * width, width * sizeof(float));",
+     "tests/ops/test_layout.py"),
+    ("compiled kernels: crowded buckets skipped in the bucket-major backward",
+     "ops/csrc/cpu_kernels.cpp", "                        bucket_outer_products(s.q_order.data() + q0,",
+     "                        if (false) bucket_outer_products(s.q_order.data() + q0,",
+     "tests/ops/test_lsh.py -k dense_formula"),
+    ("compiled kernels: the fast hash's second sign flip skipped",
+     "ops/csrc/cpu_kernels.cpp", "const float s = signs[stage * d_pad + c];",
+     "const float s = stage == 2 ? 1.0f : signs[stage * d_pad + c];",
+     "tests/ops/test_lsh.py -k same_codes"),
+    ("compiled kernels: the odd hash's queries read the keys' scratch row",
+     "ops/csrc/cpu_kernels.cpp", "(pair ? i64(qc0[n_q + i]) : query_scratch)", "(pair ? i64(qc0[n_q + i]) : key_scratch)",
+     "tests/ops/test_unbiased.py tests/ops/test_layout.py"),
     ("compile: a graph break in the attention layer",
      "models/yoso/layers_yoso.py", "        head_mask = None if mask is None else mask[:, None, :]",
      "        torch._dynamo.graph_break()\n        head_mask = None if mask is None else mask[:, None, :]",
@@ -94,6 +111,18 @@ def plant(copy: Path, path: str, old: str, new: str) -> None:
     if text.count(old) != 1:
         raise SystemExit(f"{path}: the text to replace occurs {text.count(old)} times, expected once: {old!r}")
     target.write_text(text.replace(old, new))
+    if target.suffix == ".cpp":
+        rebuild(copy, target)
+
+
+def rebuild(copy: Path, source: Path) -> None:
+    """Compile the planted source into each of the copy's kernel libraries, with setup.py's flags."""
+    build = runpy.run_path(str(ROOT / "setup.py"), run_name="plant_bugs")  # not __main__: setup() is not called
+    for ext in build["kernel_builds"]():
+        name = ext.name.rsplit(".", 1)[1]
+        for library in (copy / "yoso_attention" / "ops").glob(f"{name}.*"):
+            subprocess.run(["g++", *ext.extra_compile_args, "-shared", "-fPIC", str(source), "-o", str(library)],
+                           check=True)  # fmt: skip
 
 
 def main(selection: str = "") -> int:

@@ -44,13 +44,14 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=["numba", "torch"])
+@pytest.fixture(params=["compiled", "numba", "torch"])
 def backend(request):
-    """Run a test on the numba CPU kernels and on the portable torch path."""
-    from yoso_attention.ops.backend import torch_only
+    """Run a test on each kernel set: the compiled CPU kernels, the numba CPU kernels and the portable torch path.
+    The compiled ones must exist here: the suite runs on an install that built them (a C++ compiler is part of
+    the test set-up), so their absence fails rather than silently testing numba twice."""
+    from yoso_attention.ops.backend import _load, _load_errors, use_kernels
 
-    if request.param == "torch":
-        with torch_only():
-            yield request.param
-    else:
+    if request.param != "torch":
+        assert _load(request.param) is not None, f"{request.param} kernels: {_load_errors.get(request.param)}"
+    with use_kernels(request.param):
         yield request.param

@@ -150,6 +150,31 @@ def test_bf16_autocast_on_cpu(use_expectation):
     out.loss.backward()
 
 
+def test_a_sampling_model_trains_on_the_compiled_kernels_without_numba():
+    """The compiled CPU kernels are the default: a sampling-mode model's forward and backward (hash, cumulation,
+    weighted backward, unit rows) and YOSO-E's run without importing numba, whose runtime alone keeps ~105 MB
+    resident (docs/guides/memory.md)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, yoso_attention\n"
+        "from tests.models.conftest import tiny_config\n"
+        "from yoso_attention.ops.backend import active_paths\n"
+        "for expectation in (False, True):\n"
+        "    model = yoso_attention.YosoForMaskedLM(tiny_config(use_expectation=expectation)).train()\n"
+        "    ids = torch.randint(3, 99, (2, 40))\n"
+        "    model(ids, labels=ids).loss.backward()\n"
+        "assert 'numba' not in sys.modules, 'numba imported'\n"
+        "print(active_paths()['cpu'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("YOSO_CPU_KERNELS", "YOSO_DISABLE_NUMBA")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("compiled kernels (_cpu_kernels"), proc.stdout
+
+
 def test_torch_compile_runs_kernels_compiled_for_the_first_time(tmp_path):
     """With an empty numba cache the kernels' first calls happen inside the compiled model (a fresh install):
     numba's compiler runs inside the custom operators, which dynamo does not trace. Expectation mode only: its
@@ -165,7 +190,8 @@ def test_torch_compile_runs_kernels_compiled_for_the_first_time(tmp_path):
         "out = torch.compile(model, backend='eager', fullgraph=True)(ids).last_hidden_state\n"
         "assert torch.allclose(out, model(ids).last_hidden_state, atol=1e-5)\n"
     )
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "YOSO_CPU_KERNELS": "numba"}  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

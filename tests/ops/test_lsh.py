@@ -1,4 +1,4 @@
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -86,17 +86,19 @@ def weighted_sums_case(codes: str):
 @pytest.mark.parametrize("codes", ["random", "crowded"])
 @pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
                                                                                                    "query_major"])
-def test_weighted_kernels_match_the_dense_formula(kernel, codes):
-    """Both numba kernels, also where a bucket is crowded enough for their outer-product form; the unit rows are
-    formed from raw rows and inverse norms as the kernels read them."""
-    from yoso_attention.ops.backend import numba_kernels
+@pytest.mark.parametrize("kernel_set", ["compiled", "numba"])
+def test_weighted_kernels_match_the_dense_formula(kernel, codes, kernel_set):
+    """Both CPU kernels of each set, also where a bucket is crowded enough for their outer-product form; the unit
+    rows are formed from raw rows and inverse norms as the kernels read them."""
+    from yoso_attention.ops.backend import cpu_kernels, use_kernels
 
     x, _, dq_want, dk_want = weighted_sums_case(codes)
     dq, dk = torch.zeros(x["q"].shape), torch.zeros(x["k"].shape)
     rows = [t[:, :, None] for t in (x["q"], x["k"], x["v"], x["dout"], dq, dk)]  # (B, n, heads = 1, width)
     arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), *rows[:2],
                                   x["q_scale"], x["k_scale"], *rows[2:4], x["q_mask"], x["k_mask"])]  # fmt: skip
-    getattr(numba_kernels(x["v"]), kernel)(*arrays, 16, rows[4].numpy(), rows[5].numpy())
+    with use_kernels(kernel_set):
+        getattr(cpu_kernels(x["v"]), kernel)(*arrays, 16, rows[4].numpy(), rows[5].numpy())
     assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
 
 
@@ -198,14 +200,16 @@ def test_queries_and_keys_get_their_own_codes():
 
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
 @pytest.mark.parametrize("d, tau", [(40, 7), (16, 7), (11, 5), (16, 16)], ids=lambda x: str(x))
-def test_numba_and_torch_paths_give_the_same_codes(fast_hash, d, tau):
-    """d = 16 after padding has its own fast-hash kernel path (one column in registers). Codes lie in [0, 2**tau)
+@pytest.mark.parametrize("kernel_set", ["compiled", "numba"])
+def test_cpu_kernels_and_torch_path_give_the_same_codes(fast_hash, d, tau, kernel_set):
+    """d = 16 after padding has its own numba fast-hash path (one column in registers). Codes lie in [0, 2**tau)
     with the top bit used (tau 16 needs more than int16); a zero row's projections are 0, not positive: code 0."""
-    from yoso_attention.ops.backend import torch_only
+    from yoso_attention.ops.backend import torch_only, use_kernels
 
     q, k = torch.randn(3, 300, d), torch.randn(3, 300, d)
     q[1, 5] = 0.0
-    fast = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
+    with use_kernels(kernel_set):
+        fast = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     with torch_only():
         slow = hash_codes(q, k, num_hash=9, hash_code_len=tau, fast_hash=fast_hash, generator=gen())
     for a, b in zip(fast, slow):
@@ -214,20 +218,17 @@ def test_numba_and_torch_paths_give_the_same_codes(fast_hash, d, tau):
     assert not fast[0][1, 5].any() and not slow[0][1, 5].any()
 
 
-@pytest.mark.parametrize("backend", ["numba", "torch"])
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
 def test_rows_hashed_in_chunks_get_the_codes_of_one_pass(monkeypatch, fast_hash, backend):
     """Projections are made a few (batch x head) rows at a time to bound their memory; the codes must not change.
     7 rows in chunks of 2 (the last one short)."""
     from yoso_attention.ops import hashing
-    from yoso_attention.ops.backend import torch_only
 
     q, k = torch.randn(7, 100, 16), torch.randn(7, 100, 16)
-    with torch_only() if backend == "torch" else nullcontext():
-        whole = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
-        monkeypatch.setattr(hashing, "PROJECTION_CHUNK_FLOATS", 2 * 100 * 30)
-        assert len(hashing._row_chunks(7, 100, 30)) == 4
-        chunked = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
+    whole = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
+    monkeypatch.setattr(hashing, "PROJECTION_CHUNK_FLOATS", 2 * 100 * 30)
+    assert len(hashing._row_chunks(7, 100, 30)) == 4
+    chunked = hash_codes(q, k, num_hash=6, hash_code_len=5, fast_hash=fast_hash, generator=gen())
     for a, b in zip(whole, chunked):
         assert torch.equal(a, b)
 

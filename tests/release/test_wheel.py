@@ -1,12 +1,15 @@
-"""The release: `python -m build` makes an sdist and a wheel of one version; the wheel installs into a fresh venv
-(torch first, as the README's set-up does) and its `yoso` command reports the version, runs `yoso info` and a
-tiny training run. Slow (a venv and two installs from pip's cache), still run in CI."""
+"""The release: `python -m build` makes an sdist and a wheel of one version; the wheel (a platform wheel: it holds
+the compiled CPU kernels, one build per x86-64 feature level) installs into a fresh venv (torch first, as the
+README's set-up does) and its `yoso` command reports the version, runs `yoso info` (the compiled kernels active,
+numba never imported by training) and a tiny training run. Slow (a venv and two installs from pip's cache), still run in CI."""
 
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -28,8 +31,11 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     version = yoso_attention.__version__
     run([sys.executable, "-m", "build", "--outdir", tmp_path / "dist", ROOT])
     wheels = sorted((tmp_path / "dist").glob("*.whl"))
-    assert [w.name for w in wheels] == [f"yoso_attention-{version}-py3-none-any.whl"]
-    assert (tmp_path / "dist" / f"yoso_attention-{version}.tar.gz").is_file()
+    assert len(wheels) == 1 and wheels[0].name.startswith(f"yoso_attention-{version}-cp"), wheels
+    libraries = [n for n in zipfile.ZipFile(wheels[0]).namelist() if n.endswith(".so")]
+    assert any(Path(n).name.startswith("_cpu_kernels.") for n in libraries), libraries  # the baseline build
+    sdist = tmp_path / "dist" / f"yoso_attention-{version}.tar.gz"
+    assert f"yoso_attention-{version}/src/yoso_attention/ops/csrc/cpu_kernels.cpp" in tarfile.open(sdist).getnames()
 
     venv.create(tmp_path / "venv", with_pip=True)
     bin_dir = tmp_path / "venv" / "bin"
@@ -39,7 +45,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
 
     env = {**os.environ, "HOME": str(tmp_path / "home")}  # the data cache and numba's go to the temp dir
     assert run([bin_dir / "yoso", "--version"], env=env).strip() == f"yoso-attention {version}"
-    assert "numba" in run([bin_dir / "yoso", "info"], env=env)
+    assert "compiled kernels (_cpu_kernels" in run([bin_dir / "yoso", "info"], env=env)
     out = tmp_path / "run"
     run([bin_dir / "yoso", "train", "--task", "mqar", "--max-length", "32", "--mqar-pairs", "4", "--mqar-vocab-size",
          "64", "--train-examples", "64", "--eval-examples", "16", "--test-examples", "16", "--hidden-size", "16",

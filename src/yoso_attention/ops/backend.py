@@ -1,11 +1,19 @@
-"""Which implementation runs an op: the numba CPU kernels when they can, portable torch otherwise.
+"""Which implementation runs an op: compiled CPU kernels, numba CPU kernels, or portable torch.
 
 Every kernel of the ops is a torch.library custom operator (namespace ``yoso``, defined beside its op with a
 fake implementation, so that torch.compile and torch.export see shapes and dtypes without running it). Each
-operator's implementation calls ``dispatch``, the one place where the device picks the code: CPU tensors run the
-numba kernels, any other device (or CPU inside ``torch_only()``, or with ``YOSO_DISABLE_NUMBA=1``, or without
-numba) the torch path. Numba ships as wheels (no compiler needed); when it cannot be imported, a one-line notice
-says so once.
+operator's implementation calls ``dispatch``, the one place where the device picks the code. CPU tensors run the
+CPU kernels, in this order of preference:
+
+- **compiled**: ``csrc/cpu_kernels.cpp``, built at install where a C++ compiler is present (``kernels_cpp``). No
+  JIT runtime in the process: numba keeps ~105 MB resident once loaded, which made a YOSO process use more memory
+  than softmax's;
+- **numba**: ``kernels_numba``, the same kernels compiled at first use (numba ships as wheels, no compiler needed);
+- **torch**: the portable path, which any other device also runs.
+
+``YOSO_CPU_KERNELS`` (``auto``, ``compiled``, ``numba`` or ``torch``) picks one for a process; ``auto`` (the default)
+takes the first that loads. ``use_kernels`` and ``torch_only`` pick one inside a block. A set that cannot be loaded
+gives one warning saying why, and the next one runs. ``YOSO_DISABLE_NUMBA=1`` (earlier releases) means ``torch``.
 """
 
 from __future__ import annotations
@@ -14,70 +22,119 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import ModuleType
+from typing import Any
 
 import torch
 
-_kernels: ModuleType | None = None
-_load_error: str | None = None
-_warned = False
-_torch_only = False
+KERNEL_SETS = ("compiled", "numba", "torch")
+_loaded: dict[str, Any] = {}  # kernel set -> its kernels, or None when it failed to load
+_load_errors: dict[str, str] = {}
+_warned: set[str] = set()
+_forced: str | None = None  # set by use_kernels / torch_only
 
 
-def _load() -> ModuleType | None:
-    """The numba kernel module, or None (with the reason in _load_error)."""
-    global _kernels, _load_error
-    if _kernels is None and _load_error is None:
-        if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
-            _load_error = "disabled by YOSO_DISABLE_NUMBA"
-        else:
-            try:
-                from . import kernels_numba
+def _load_compiled():
+    from . import kernels_cpp
 
-                _kernels = kernels_numba
-            except Exception as exc:  # ImportError, or numba failing on an unsupported platform
-                _load_error = f"{type(exc).__name__}: {exc}"
-    return _kernels
-
-
-def numba_kernels(*tensors: torch.Tensor) -> ModuleType | None:
-    """The numba kernel module if all tensors are on the CPU, numba is usable and not switched off, else None."""
-    global _warned
-    if _torch_only or any(t.device.type != "cpu" for t in tensors):
-        return None
-    kernels = _load()
-    if kernels is None and not _warned:
-        _warned = True
-        warnings.warn(f"yoso_attention: numba CPU kernels unavailable ({_load_error}); using torch ops", stacklevel=3)
+    kernels = kernels_cpp.load()
+    if kernels is None:
+        raise ImportError("not built (no C++ compiler with OpenMP at install)")
     return kernels
 
 
-def dispatch(numba_impl: Callable, torch_impl: Callable, *args):
-    """``numba_impl(kernels, *args)`` where the numba kernels apply to the tensors among args, else
-    ``torch_impl(*args)``. Called by every custom operator's implementation: the device dispatch of the ops."""
-    kernels = numba_kernels(*(a for a in args if isinstance(a, torch.Tensor)))
-    return torch_impl(*args) if kernels is None else numba_impl(kernels, *args)
+def _load_numba():
+    from . import kernels_numba
+
+    return kernels_numba
+
+
+_LOADERS: dict[str, Callable[[], Any]] = {"compiled": _load_compiled, "numba": _load_numba}
+
+
+def _load(name: str):
+    """The kernels of one set, loaded once; None (with the reason in _load_errors) where they cannot be."""
+    if name not in _loaded:
+        try:
+            _loaded[name] = _LOADERS[name]()
+        except Exception as exc:  # ImportError, an unbuilt library, numba failing on an unsupported platform
+            _loaded[name], _load_errors[name] = None, f"{type(exc).__name__}: {exc}"
+    return _loaded[name]
+
+
+def requested_kernels() -> str:
+    """The kernel set asked for: ``use_kernels``'s inside one, else ``YOSO_CPU_KERNELS`` (``auto`` by default)."""
+    if _forced is not None:
+        return _forced
+    if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
+        return "torch"
+    name = os.environ.get("YOSO_CPU_KERNELS", "auto").strip().lower() or "auto"
+    if name not in ("auto", *KERNEL_SETS):
+        raise ValueError(f"YOSO_CPU_KERNELS must be one of auto, {', '.join(KERNEL_SETS)}; got {name!r}")
+    return name
+
+
+def _cpu_choice() -> tuple[str, Any]:
+    """(name, kernels) of the CPU kernels to run; kernels None for the torch path."""
+    requested = requested_kernels()
+    candidates = ("compiled", "numba") if requested == "auto" else () if requested == "torch" else (requested,)
+    for name in candidates:
+        kernels = _load(name)
+        if kernels is not None:
+            return name, kernels
+        if requested != "auto" and name not in _warned:  # auto falls back to numba without a word
+            _warned.add(name)
+            warnings.warn(f"yoso_attention: {name} CPU kernels unavailable ({_load_errors[name]}); using torch ops",
+                          stacklevel=4)  # fmt: skip
+    if requested == "auto" and "auto" not in _warned:
+        _warned.add("auto")
+        warnings.warn(f"yoso_attention: no CPU kernels ({_load_errors.get('numba')}); using torch ops", stacklevel=4)
+    return "torch", None
+
+
+def cpu_kernels(*tensors: torch.Tensor):
+    """The CPU kernels to run on these tensors (compiled or numba, same functions), or None: a tensor off the CPU,
+    the torch path asked for, or no kernels loadable."""
+    if any(t.device.type != "cpu" for t in tensors):
+        return None
+    return _cpu_choice()[1]
+
+
+def dispatch(cpu_impl: Callable, torch_impl: Callable, *args):
+    """``cpu_impl(kernels, *args)`` where CPU kernels apply to the tensors among args, else ``torch_impl(*args)``.
+    Called by every custom operator's implementation: the device dispatch of the ops."""
+    kernels = cpu_kernels(*(a for a in args if isinstance(a, torch.Tensor)))
+    return torch_impl(*args) if kernels is None else cpu_impl(kernels, *args)
 
 
 @contextmanager
-def torch_only() -> Iterator[None]:
-    """Run the ops on their portable torch path inside this block, on any device (to compare the two paths, or to
-    measure the torch path on CPU). Read when an operator runs, so it also applies inside compiled code."""
-    global _torch_only
-    previous, _torch_only = _torch_only, True
+def use_kernels(name: str) -> Iterator[None]:
+    """Run the ops' CPU work on one kernel set inside this block ("compiled", "numba", "torch" or "auto"): to
+    compare them, or to measure one. Read when an operator runs, so it also applies inside compiled code."""
+    global _forced
+    if name not in ("auto", *KERNEL_SETS):
+        raise ValueError(f"use_kernels: name must be one of auto, {', '.join(KERNEL_SETS)}; got {name!r}")
+    previous, _forced = _forced, name
     try:
         yield
     finally:
-        _torch_only = previous
+        _forced = previous
+
+
+def torch_only():
+    """Run the ops on their portable torch path inside this block, on any device (``use_kernels("torch")``)."""
+    return use_kernels("torch")
 
 
 def active_paths() -> dict[str, str]:
     """Human-readable status of the fast paths (for ``yoso info``)."""
-    kernels = _load()
-    return {
-        "cpu": "numba kernels" if kernels is not None else f"torch fallback ({_load_error})",
-        "cuda": "torch ops" if torch.cuda.is_available() else "no CUDA device",
-    }
+    name, kernels = _cpu_choice()
+    if name == "compiled":
+        cpu = f"compiled kernels ({kernels.path.name})"
+    elif name == "numba":
+        cpu = "numba kernels" + (f" (compiled: {_load_errors['compiled']})" if "compiled" in _load_errors else "")
+    else:
+        cpu = f"torch ops ({'; '.join(f'{k}: {v}' for k, v in _load_errors.items()) or 'asked for'})"
+    return {"cpu": cpu, "cuda": "torch ops" if torch.cuda.is_available() else "no CUDA device"}
 
 
 def fp32_region(t: torch.Tensor):

@@ -18,7 +18,7 @@ from .hashing import code_dtype
 from .layout import as_flat, flat_rows, from_flat, kernel_rows, new_rows, rows_in_layout
 
 
-def _cumulate_numba(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
+def _cumulate_cpu(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
     out = new_rows(v, q_codes.shape[2], v.shape[-1])
     arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(v), q_mask, k_mask)]
     kernels.lsh_cumulation(*arrays, n_buckets, kernel_rows(out).numpy())
@@ -33,7 +33,7 @@ def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Ten
 def cumulate(q_codes: Tensor, k_codes: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> Tensor:
     """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j, float32 rows in v's layout.
     Codes (B, m, n) and masks (B, n) contiguous, v (..., S, dv) float32 rows (``layout``). Differentiable in v."""
-    return dispatch(_cumulate_numba, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+    return dispatch(_cumulate_cpu, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
 
 
 @cumulate.register_fake
@@ -64,7 +64,7 @@ def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     return n_keys * d <= 64 * n_buckets
 
 
-def _weighted_numba(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
+def _weighted_cpu(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
     dq, dk = new_rows(q, q.shape[-2], q.shape[-1], zeros=True), new_rows(k, k.shape[-2], k.shape[-1], zeros=True)
     q_inv, k_inv = (as_flat(norm).reciprocal().flatten(1) for norm in (q_norm, k_norm))  # (B, n)
     arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(q), kernel_rows(k), q_inv, k_inv, kernel_rows(v),
@@ -89,7 +89,7 @@ def weighted_backward(q_codes: Tensor, k_codes: Tensor, q: Tensor, k: Tensor, q_
     sum_{j collides} (dout_i . v_j) kn_j and dkn_j = sum_h sum_i (...) qn_i, over unmasked pairs (no 1/m and no
     tau/2 factor), in the layout of q and k. Raw rows q (..., L, d), k (..., S, d), v, dout of one layout (``layout``)
     and the norms (..., n, 1) of q and k: the CPU kernels form the unit rows as they read them."""
-    return dispatch(_weighted_numba, _weighted_torch, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask,
+    return dispatch(_weighted_cpu, _weighted_torch, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask,
                     k_mask, n_buckets)  # fmt: skip
 
 

@@ -96,7 +96,7 @@ def _row_chunks(n_rows: int, n: int, width: int) -> list[slice]:
     return [slice(i, i + step) for i in range(0, n_rows, step)]
 
 
-def _hash_numba(kernels, x, randomness, num_hash, tau, fast) -> torch.Tensor:
+def _hash_cpu(kernels, x, randomness, num_hash, tau, fast) -> torch.Tensor:
     rows = kernel_rows(x)  # (batch, n, heads, d)
     batch, n, heads, d = rows.shape
     codes = torch.empty((batch * heads, num_hash, n), dtype=code_dtype(tau))
@@ -125,7 +125,7 @@ def _hash_torch(x, randomness, num_hash, tau, fast) -> torch.Tensor:
 def hash_rows(x: Tensor, randomness: Tensor, num_hash: int, tau: int, fast: bool) -> Tensor:
     """x float32 rows (..., n, d) in either layout of ``layout`` and a ``draw_hash_functions`` draw -> codes
     (B, num_hash, n) of code_dtype(tau); deterministic, so rehashing the same rows gives the same codes."""
-    return dispatch(_hash_numba, _hash_torch, x.detach(), randomness, num_hash, tau, fast)
+    return dispatch(_hash_cpu, _hash_torch, x.detach(), randomness, num_hash, tau, fast)
 
 
 @hash_rows.register_fake
