@@ -98,17 +98,12 @@ def _row_chunks(n_rows: int, n: int, width: int) -> list[slice]:
 
 def _hash_cpu(kernels, x, randomness, num_hash, tau, fast) -> torch.Tensor:
     rows = kernel_rows(x)  # (batch, n, heads, d)
-    batch, n, heads, d = rows.shape
+    batch, n, heads, _ = rows.shape
     codes = torch.empty((batch * heads, num_hash, n), dtype=code_dtype(tau))
-    if fast:  # projects inside the kernel, a block of rows at a time
-        kernels.fast_hash_codes(as_numpy(rows), as_numpy(randomness), num_hash, tau, codes.numpy())
-        return codes
-    # One head at a time: BLAS reads its rows through their stride, and the codes go to rows b = batch * heads + head.
-    head_codes, head_draws = codes.view(batch, heads, num_hash, n), randomness.view(batch, heads, d, -1)
-    for part in _row_chunks(batch, n, randomness.shape[-1]):
-        for head in range(heads):
-            proj = torch.bmm(rows[part, :, head], head_draws[part, head])  # (part, n, >= m * tau)
-            kernels.sign_codes(proj.numpy(), num_hash, tau, head_codes[part, head].numpy())
+    # Both kernels project a block of rows at a time in cache: no projections in memory (Gaussian ones through
+    # BLAS made num_hash * tau / d times q's size in 16 MB chunks, and that churn raised a training run's peak).
+    kernel = kernels.fast_hash_codes if fast else kernels.gaussian_hash_codes
+    kernel(as_numpy(rows), as_numpy(randomness), num_hash, tau, codes.numpy())
     return codes
 
 

@@ -21,8 +21,8 @@ _CODE_SUFFIX = {np.dtype(np.uint8): "u8", np.dtype(np.int16): "i16", np.dtype(np
 _LEVELS = (("_x86_64_v4", "x86-64-v4"), ("_x86_64_v3", "x86-64-v3"), ("", None))
 
 
-def _ptr(a: np.ndarray, dtype=None, contiguous: bool = True) -> ctypes.c_void_p:
-    if contiguous and not a.flags.c_contiguous:
+def _ptr(a: np.ndarray, dtype=None) -> ctypes.c_void_p:
+    if not a.flags.c_contiguous:
         raise ValueError(f"compiled kernels take C-contiguous arrays, got strides {a.strides} for shape {a.shape}")
     if dtype is not None and a.dtype != np.dtype(dtype):
         raise ValueError(f"compiled kernels take {np.dtype(dtype)} here, got {a.dtype}")
@@ -55,13 +55,12 @@ class CompiledKernels:
         self._call(f"fast_hash_codes_{_codes_suffix(codes)}", _ptr(x, np.float32), *_i64(batch, n, heads, d),
                    _ptr(signs, np.float32), *_i64(parts, d_pad, num_hash, tau), _ptr(codes), _threads())  # fmt: skip
 
-    def sign_codes(self, proj, num_hash, tau, codes):
-        n_b, n, width = proj.shape
-        if codes.shape != (n_b, num_hash, n) or not codes[0].flags.c_contiguous:
-            raise ValueError(f"codes must be (B, num_hash, n) rows of contiguous (num_hash, n), got {codes.shape}")
-        stride = codes.strides[0] // codes.itemsize
-        self._call(f"sign_codes_{_codes_suffix(codes)}", _ptr(proj, np.float32), *_i64(n_b, n, width, num_hash, tau),
-                   _ptr(codes, contiguous=False), _i64(stride)[0], _threads())  # fmt: skip
+    def gaussian_hash_codes(self, x, draws, num_hash, tau, codes):
+        batch, n, heads, d = x.shape
+        if draws.shape != (batch * heads, d, num_hash * tau):
+            raise ValueError(f"draws must be (B, d, num_hash * tau) = {(batch * heads, d, num_hash * tau)}, got {draws.shape}")
+        self._call(f"gaussian_hash_codes_{_codes_suffix(codes)}", _ptr(x, np.float32), *_i64(batch, n, heads, d),
+                   _ptr(draws, np.float32), *_i64(num_hash, tau), _ptr(codes), _threads())  # fmt: skip
 
     def lsh_cumulation(self, q_codes, k_codes, v, q_mask, k_mask, n_buckets, out):
         n_b, m, n_q = q_codes.shape

@@ -176,19 +176,34 @@ def fast_hash_codes(x, signs, num_hash, tau, codes):
                         codes[b, h0 + g, i0 + i] = acc[i]
 
 
-@njit(parallel=True, cache=True)
-def sign_codes(proj, num_hash, tau, codes):
-    """codes[b, h, i] = sum_bit [proj[b, i, h * tau + bit] > 0] << bit, for projections (B, n, >= m * tau)."""
-    n_b, n, _ = proj.shape
-    for t in prange(n_b * n):
-        b = t // n
-        i = t % n
-        for h in range(num_hash):
-            code = 0
-            for bit in range(tau):
-                if proj[b, i, h * tau + bit] > 0:
-                    code |= 1 << bit
-            codes[b, h, i] = code
+@njit(parallel=True, fastmath=True, cache=True)
+def gaussian_hash_codes(x, draws, num_hash, tau, codes):
+    """codes[b, h, i] = tau-bit sign code of the projections x_i . draws[b, :, h * tau + bit] of rows x (batch, n,
+    heads, d); draws (B, d, num_hash * tau). A block of rows at a time: no (n, num_hash * tau) buffer, no BLAS."""
+    _, n, heads, d = x.shape
+    n_b = codes.shape[0]
+    width = num_hash * tau
+    n_blocks = (n + _HASH_BLOCK - 1) // _HASH_BLOCK
+    for t in prange(n_b * n_blocks):
+        b = t // n_blocks
+        batch, head = b // heads, b % heads
+        i0 = (t % n_blocks) * _HASH_BLOCK
+        cnt = min(n, i0 + _HASH_BLOCK) - i0
+        x_t = np.empty((d, _HASH_BLOCK), dtype=np.float32)
+        for i in range(cnt):
+            for c in range(d):
+                x_t[c, i] = x[batch, i0 + i, head, c]
+        buf = np.zeros((width, _HASH_BLOCK), dtype=np.float32)
+        for c in range(d):
+            for j in range(width):
+                w = draws[b, c, j]
+                for i in range(cnt):
+                    buf[j, i] += w * x_t[c, i]
+        acc = np.empty(_HASH_BLOCK, dtype=np.int32)
+        for g in range(num_hash):
+            _sign_code(buf, g * tau, tau, cnt, acc)
+            for i in range(cnt):
+                codes[b, g, i0 + i] = acc[i]
 
 
 @njit(inline="always")

@@ -135,18 +135,58 @@ void fast_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, const f
     }
 }
 
-// codes[b, h, i] = sum_bit [proj[b, i, h * tau + bit] > 0] << bit; codes' rows b lie codes_stride apart.
+// buf[j, i] = sum_c w[c, j] x_t[c, i] for j < width (w: d x width_pad, zero-padded to a multiple of 8 columns),
+// i < HASH_BLOCK: 8 columns x 16 rows of accumulators stay in registers over c, and the 16 rows' strip of x_t
+// (d x 16 floats) stays in L1 over all columns.
+void project_block(const float* x_t, i64 d, const float* w, i64 width_pad, float* buf) {
+    typedef float v16 __attribute__((vector_size(64)));  // 16 rows: one AVX-512 register, two AVX2 ones
+    for (i64 i0 = 0; i0 < HASH_BLOCK; i0 += 16) {
+        for (i64 j0 = 0; j0 < width_pad; j0 += 8) {
+            v16 acc[8] = {};
+            for (i64 c = 0; c < d; ++c) {
+                v16 xc;
+                std::memcpy(&xc, x_t + c * HASH_BLOCK + i0, sizeof(xc));
+                const float* wc = w + c * width_pad + j0;
+#pragma GCC unroll 8
+                for (int jj = 0; jj < 8; ++jj) acc[jj] += wc[jj] * xc;
+            }
+            for (int jj = 0; jj < 8; ++jj) std::memcpy(buf + (j0 + jj) * HASH_BLOCK + i0, &acc[jj], sizeof(v16));
+        }
+    }
+}
+
+// codes[b, h, i] = sign code of the Gaussian projections x_i . draws[b, :, h * tau + bit] of rows x (batch, n,
+// heads, d); draws (B, d, num_hash * tau). The projections are made a block of rows at a time in cache: no
+// (n, num_hash * tau) buffer, no BLAS call.
 template <typename C>
-void sign_codes(const float* proj, i64 n_b, i64 n, i64 width, i64 num_hash, i64 tau, C* codes, i64 codes_stride,
-                int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (i64 t = 0; t < n_b * n; ++t) {
-        const i64 b = t / n, i = t % n;
-        const float* row = proj + t * width;
-        for (i64 h = 0; h < num_hash; ++h) {
-            int32_t code = 0;
-            for (i64 bit = 0; bit < tau; ++bit) code |= row[h * tau + bit] > 0.0f ? int32_t(1) << bit : 0;
-            codes[b * codes_stride + h * n + i] = C(code);
+void gaussian_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, const float* draws, i64 num_hash,
+                         i64 tau, C* codes, int threads) {
+    const i64 n_b = batch * heads, n_blocks = (n + HASH_BLOCK - 1) / HASH_BLOCK;
+    const i64 width = num_hash * tau, width_pad = (width + 7) / 8 * 8;
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<float> x_t(d * HASH_BLOCK, 0.0f), buf(width_pad * HASH_BLOCK), w(d * width_pad, 0.0f);
+        std::vector<int32_t> acc(HASH_BLOCK);
+        i64 w_of = -1;  // the row b whose draw w holds
+#pragma omp for schedule(static)
+        for (i64 t = 0; t < n_b * n_blocks; ++t) {
+            const i64 b = t / n_blocks, row_batch = b / heads, head = b % heads;
+            const i64 i0 = (t % n_blocks) * HASH_BLOCK, cnt = std::min(n, i0 + HASH_BLOCK) - i0;
+            if (w_of != b) {
+                for (i64 c = 0; c < d; ++c)
+                    std::memcpy(w.data() + c * width_pad, draws + (b * d + c) * width, width * sizeof(float));
+                w_of = b;
+            }
+            for (i64 i = 0; i < cnt; ++i) {
+                const float* xi = x + ((row_batch * n + i0 + i) * heads + head) * d;
+                for (i64 c = 0; c < d; ++c) x_t[c * HASH_BLOCK + i] = xi[c];
+            }
+            project_block(x_t.data(), d, w.data(), width_pad, buf.data());
+            for (i64 g = 0; g < num_hash; ++g) {
+                sign_code(buf.data(), g * tau, tau, cnt, acc.data());
+                C* out = codes + (b * num_hash + g) * n + i0;
+                for (i64 i = 0; i < cnt; ++i) out[i] = C(acc[i]);
+            }
         }
     }
 }
@@ -475,9 +515,10 @@ void pow_row(const float* base, i64 n, i64 e, float* out) {
                                               C* codes, int threads) {                                           \
         fast_hash_codes<C>(x, batch, n, heads, d, signs, parts, d_pad, num_hash, tau, codes, threads);           \
     }                                                                                                            \
-    YOSO_EXPORT void sign_codes_##suffix(const float* proj, i64 n_b, i64 n, i64 width, i64 num_hash, i64 tau,    \
-                                         C* codes, i64 codes_stride, int threads) {                              \
-        sign_codes<C>(proj, n_b, n, width, num_hash, tau, codes, codes_stride, threads);                         \
+    YOSO_EXPORT void gaussian_hash_codes_##suffix(const float* x, i64 batch, i64 n, i64 heads, i64 d,            \
+                                                  const float* draws, i64 num_hash, i64 tau, C* codes,           \
+                                                  int threads) {                                                 \
+        gaussian_hash_codes<C>(x, batch, n, heads, d, draws, num_hash, tau, codes, threads);                     \
     }                                                                                                            \
     YOSO_EXPORT void lsh_cumulation_##suffix(const C* q_codes, const C* k_codes, i64 n_b, i64 m, i64 n_q,        \
                                              i64 n_k, const float* v, i64 heads, i64 dv, const u8* q_mask,       \
