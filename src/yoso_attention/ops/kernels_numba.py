@@ -139,26 +139,34 @@ def _hadamard3_signs16(x_t, signs, b, p, cnt, bits):
         bits[i] = _sign_bits16(_wht16(_signed16(_wht16(_signed16(_wht16(_signed16(x, s1)), s2)), s3)))
 
 
+@njit(inline="always")
+def _transposed_block(x, t, n_blocks, x_t):
+    """Block t % n_blocks of row b = t // n_blocks's rows of x (batch, n, heads, d), transposed into x_t[:d, :cnt];
+    returns (b, i0, cnt): the block's first row and its length."""
+    _, n, heads, d = x.shape
+    b = t // n_blocks
+    batch, head = b // heads, b % heads
+    i0 = (t % n_blocks) * _HASH_BLOCK
+    cnt = min(n, i0 + _HASH_BLOCK) - i0
+    for i in range(cnt):
+        for c in range(d):
+            x_t[c, i] = x[batch, i0 + i, head, c]
+    return b, i0, cnt
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def fast_hash_codes(x, signs, num_hash, tau, codes):
     """codes[b, h, i] = tau-bit sign code of (H D3 H D2 H D1 x_i) for hash h of rows x (batch, n, heads, d).
 
     signs: (B, parts, 3, d_pad) of +-1; part p gives hashes p*per_part ... from coordinates g*tau ...
     """
-    _, n, heads, d = x.shape
     n_b = codes.shape[0]
     d_pad = signs.shape[3]
     per_part = d_pad // tau
-    n_blocks = (n + _HASH_BLOCK - 1) // _HASH_BLOCK
+    n_blocks = (x.shape[1] + _HASH_BLOCK - 1) // _HASH_BLOCK
     for t in prange(n_b * n_blocks):
-        b = t // n_blocks
-        batch, head = b // heads, b % heads
-        i0 = (t % n_blocks) * _HASH_BLOCK
-        cnt = min(n, i0 + _HASH_BLOCK) - i0
         x_t = np.zeros((d_pad, _HASH_BLOCK), dtype=np.float32)  # this block of x, transposed once
-        for i in range(cnt):
-            for c in range(d):
-                x_t[c, i] = x[batch, i0 + i, head, c]
+        b, i0, cnt = _transposed_block(x, t, n_blocks, x_t)
         buf = np.empty((d_pad, _HASH_BLOCK), dtype=np.float32)
         acc = np.empty(_HASH_BLOCK, dtype=np.int32)
         for p in range(signs.shape[1]):
@@ -180,19 +188,13 @@ def fast_hash_codes(x, signs, num_hash, tau, codes):
 def gaussian_hash_codes(x, draws, num_hash, tau, codes):
     """codes[b, h, i] = tau-bit sign code of the projections x_i . draws[b, :, h * tau + bit] of rows x (batch, n,
     heads, d); draws (B, d, num_hash * tau). A block of rows at a time: no (n, num_hash * tau) buffer, no BLAS."""
-    _, n, heads, d = x.shape
+    d = x.shape[3]
     n_b = codes.shape[0]
     width = num_hash * tau
-    n_blocks = (n + _HASH_BLOCK - 1) // _HASH_BLOCK
+    n_blocks = (x.shape[1] + _HASH_BLOCK - 1) // _HASH_BLOCK
     for t in prange(n_b * n_blocks):
-        b = t // n_blocks
-        batch, head = b // heads, b % heads
-        i0 = (t % n_blocks) * _HASH_BLOCK
-        cnt = min(n, i0 + _HASH_BLOCK) - i0
         x_t = np.empty((d, _HASH_BLOCK), dtype=np.float32)
-        for i in range(cnt):
-            for c in range(d):
-                x_t[c, i] = x[batch, i0 + i, head, c]
+        b, i0, cnt = _transposed_block(x, t, n_blocks, x_t)
         buf = np.zeros((width, _HASH_BLOCK), dtype=np.float32)
         for c in range(d):
             for j in range(width):

@@ -106,6 +106,22 @@ void sign_code(const float* buf, i64 row0, i64 tau, i64 cnt, int32_t* code) {
     }
 }
 
+// Block t % n_blocks of row b = t / n_blocks's rows of x (batch, n, heads, d), transposed into x_t (d rows of
+// HASH_BLOCK): the block's row b, first row i0 and length cnt.
+struct Block {
+    i64 b, i0, cnt;
+};
+
+Block transposed_block(const float* x, i64 n, i64 heads, i64 d, i64 t, i64 n_blocks, float* x_t) {
+    const i64 b = t / n_blocks, row_batch = b / heads, head = b % heads;
+    const i64 i0 = (t % n_blocks) * HASH_BLOCK, cnt = std::min(n, i0 + HASH_BLOCK) - i0;
+    for (i64 i = 0; i < cnt; ++i) {
+        const float* xi = x + ((row_batch * n + i0 + i) * heads + head) * d;
+        for (i64 c = 0; c < d; ++c) x_t[c * HASH_BLOCK + i] = xi[c];
+    }
+    return {b, i0, cnt};
+}
+
 template <typename C>
 void fast_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, const float* signs, i64 parts, i64 d_pad,
                      i64 num_hash, i64 tau, C* codes, int threads) {
@@ -116,12 +132,7 @@ void fast_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, const f
         std::vector<int32_t> acc(HASH_BLOCK);
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_blocks; ++t) {
-            const i64 b = t / n_blocks, row_batch = b / heads, head = b % heads;
-            const i64 i0 = (t % n_blocks) * HASH_BLOCK, cnt = std::min(n, i0 + HASH_BLOCK) - i0;
-            for (i64 i = 0; i < cnt; ++i) {
-                const float* xi = x + ((row_batch * n + i0 + i) * heads + head) * d;
-                for (i64 c = 0; c < d; ++c) x_t[c * HASH_BLOCK + i] = xi[c];
-            }
+            const auto [b, i0, cnt] = transposed_block(x, n, heads, d, t, n_blocks, x_t.data());
             for (i64 p = 0; p < parts; ++p) {
                 const i64 h0 = p * per_part, n_here = std::min(per_part, num_hash - h0);
                 hadamard3(x_t.data(), signs + (b * parts + p) * 3 * d_pad, d_pad, cnt, buf.data());
@@ -170,16 +181,11 @@ void gaussian_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, con
         i64 w_of = -1;  // the row b whose draw w holds
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_blocks; ++t) {
-            const i64 b = t / n_blocks, row_batch = b / heads, head = b % heads;
-            const i64 i0 = (t % n_blocks) * HASH_BLOCK, cnt = std::min(n, i0 + HASH_BLOCK) - i0;
+            const auto [b, i0, cnt] = transposed_block(x, n, heads, d, t, n_blocks, x_t.data());
             if (w_of != b) {
                 for (i64 c = 0; c < d; ++c)
                     std::memcpy(w.data() + c * width_pad, draws + (b * d + c) * width, width * sizeof(float));
                 w_of = b;
-            }
-            for (i64 i = 0; i < cnt; ++i) {
-                const float* xi = x + ((row_batch * n + i0 + i) * heads + head) * d;
-                for (i64 c = 0; c < d; ++c) x_t[c * HASH_BLOCK + i] = xi[c];
             }
             project_block(x_t.data(), d, w.data(), width_pad, buf.data());
             for (i64 g = 0; g < num_hash; ++g) {
