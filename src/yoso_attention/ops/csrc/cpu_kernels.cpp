@@ -25,7 +25,7 @@ using u8 = uint8_t;
 namespace {
 
 constexpr double PI = 3.14159265358979323846;
-constexpr i64 HASH_BLOCK = 256;  // rows of x transformed together, as in kernels_numba._HASH_BLOCK
+constexpr i64 HASH_BLOCK = 64;  // rows of x hashed together: a block of x (d x 64 floats) stays in L1 up to d = 128
 constexpr float ACOS[8] = {1.5707963050f, -0.2145988016f, 0.0889789874f, -0.0501743046f,
                            0.0308918810f, -0.0170881256f, 0.0066700901f, -0.0012624911f};
 
