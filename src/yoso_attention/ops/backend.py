@@ -13,7 +13,8 @@ CPU kernels, in this order of preference:
 
 ``YOSO_CPU_KERNELS`` (``auto``, ``compiled``, ``numba`` or ``torch``) picks one for a process; ``auto`` (the default)
 takes the first that loads. ``use_kernels`` and ``torch_only`` pick one inside a block. A set that cannot be loaded
-gives one warning saying why, and the next one runs. ``YOSO_DISABLE_NUMBA=1`` (earlier releases) means ``torch``.
+gives one warning saying why, and the next one runs; only ``auto`` passing over compiled kernels that were never
+built (no compiler at install) says nothing. ``YOSO_DISABLE_NUMBA=1`` (earlier releases) means ``torch``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 KERNEL_SETS = ("compiled", "numba", "torch")
 _loaded: dict[str, Any] = {}  # kernel set -> its kernels, or None when it failed to load
 _load_errors: dict[str, str] = {}
+_not_built: set[str] = set()  # sets that failed only because nothing was built: auto passes them over silently
 _warned: set[str] = set()
 _forced: str | None = None  # set by use_kernels / torch_only
 
@@ -38,6 +40,7 @@ def _load_compiled():
 
     kernels = kernels_cpp.load()
     if kernels is None:
+        _not_built.add("compiled")
         raise ImportError("not built (no C++ compiler with OpenMP at install)")
     return kernels
 
@@ -81,7 +84,7 @@ def _cpu_choice() -> tuple[str, Any]:
         kernels = _load(name)
         if kernels is not None:
             return name, kernels
-        if requested != "auto" and name not in _warned:  # auto falls back to numba without a word
+        if (requested != "auto" or name not in _not_built) and name not in _warned:  # an unbuilt set: no word
             _warned.add(name)
             warnings.warn(f"yoso_attention: {name} CPU kernels unavailable ({_load_errors[name]}); using torch ops",
                           stacklevel=4)  # fmt: skip

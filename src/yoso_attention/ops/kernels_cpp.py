@@ -123,14 +123,12 @@ def load_library(suffix: str) -> ctypes.CDLL | None:
 
 
 def load() -> CompiledKernels | None:
-    """The most capable build this CPU runs, or None where no build exists (no compiler at install)."""
+    """The most capable build this CPU runs, or None where no build exists (no compiler at install). A build that
+    exists but does not load raises (OSError from the loader)."""
     for suffix, level in _LEVELS:
         lib = load_library(suffix) if _cpu_supports(level) else None
         if lib is not None:
             return CompiledKernels(lib, Path(lib._name))
     return None
 
-
-def describe(kernels: CompiledKernels) -> str:
-    return f"compiled kernels ({kernels.path.name})"
 
