@@ -1,4 +1,5 @@
-"""Numba CPU kernels: the fast path of the ops. Each has a portable torch twin in the op's own module.
+"""Numba CPU kernels: the fallback where the compiled ones (``csrc/cpu_kernels.cpp``, the same functions and loops)
+were not built at install. Each has a portable torch twin in the op's own module.
 
 All arrays are C-contiguous numpy views of CPU tensors (float32 data, int32 codes, bool masks); every
 kernel is parallel over the flattened (batch x heads) axis ``B`` and keeps its working set (one hash
