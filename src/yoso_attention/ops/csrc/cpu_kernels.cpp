@@ -370,17 +370,16 @@ HeadRows gather_rows(const float* q, const float* k, const float* v, const float
                     d,                                         dv};
 }
 
-// Hash h's crowded buckets (those with mark(c)) in the outer-product form.
-template <typename C, typename Mark>
-void crowded_buckets(const C* q_codes, const C* k_codes, const u8* q_mask, const u8* k_mask, i64 n_q, i64 n_k,
-                     i64 n_buckets, const HeadRows& r, Scratch& s, Mark mark) {
+// One hash's buckets holding both queries and keys: fn(c, query indices, nq, key indices, nk), after a counting
+// sort of each side by code.
+template <typename C, typename Fn>
+void for_each_bucket(const C* q_codes, const C* k_codes, const u8* q_mask, const u8* k_mask, i64 n_q, i64 n_k,
+                     i64 n_buckets, Scratch& s, Fn fn) {
     bucket_sort(q_codes, q_mask, n_q, n_buckets, s.q_start, s.fill, s.q_order);
     bucket_sort(k_codes, k_mask, n_k, n_buckets, s.k_start, s.fill, s.k_order);
     for (i64 c = 0; c < n_buckets; ++c) {
         const i64 nq = s.q_start[c + 1] - s.q_start[c], nk = s.k_start[c + 1] - s.k_start[c];
-        if (nq == 0 || nk == 0 || !mark(c, nq, nk)) continue;
-        bucket_outer_products(s.q_order.data() + s.q_start[c], nq, s.k_order.data() + s.k_start[c], nk, r,
-                              s.a_mat.data(), s.b_mat.data());
+        if (nq > 0 && nk > 0) fn(c, s.q_order.data() + s.q_start[c], nq, s.k_order.data() + s.k_start[c], nk);
     }
 }
 
@@ -397,23 +396,16 @@ void lsh_weighted_backward(const C* q_codes, const C* k_codes, i64 n_b, i64 m, i
         for (i64 b = 0; b < n_b; ++b) {
             const HeadRows r = gather_rows(q, k, v, dout, q_inv, k_inv, dq, dk, n_q, n_k, heads, d, dv, b, s);
             for (i64 h = 0; h < m; ++h) {
-                const C* qc = q_codes + (b * m + h) * n_q;
-                const C* kc = k_codes + (b * m + h) * n_k;
-                bucket_sort(qc, q_mask + b * n_q, n_q, n_buckets, s.q_start, s.fill, s.q_order);
-                bucket_sort(kc, k_mask + b * n_k, n_k, n_buckets, s.k_start, s.fill, s.k_order);
-                for (i64 c = 0; c < n_buckets; ++c) {
-                    const i64 q0 = s.q_start[c], q1 = s.q_start[c + 1], k0 = s.k_start[c], k1 = s.k_start[c + 1];
-                    if (q1 == q0 || k1 == k0) continue;
-                    if (crowded(q1 - q0, k1 - k0, d, dv)) {
-                        bucket_outer_products(s.q_order.data() + q0, q1 - q0, s.k_order.data() + k0, k1 - k0, r,
-                                              s.a_mat.data(), s.b_mat.data());
-                        continue;
-                    }
-                    for (i64 ii = q0; ii < q1; ++ii) {
-                        const i64 i = s.q_order[ii];
-                        for (i64 jj = k0; jj < k1; ++jj) pair_update(r, i, s.k_order[jj], r.dq + i * d);
-                    }
-                }
+                for_each_bucket(q_codes + (b * m + h) * n_q, k_codes + (b * m + h) * n_k, q_mask + b * n_q,
+                                k_mask + b * n_k, n_q, n_k, n_buckets, s,
+                                [&](i64, const i64* qi, i64 nq, const i64* kj, i64 nk) {
+                                    if (crowded(nq, nk, d, dv)) {
+                                        bucket_outer_products(qi, nq, kj, nk, r, s.a_mat.data(), s.b_mat.data());
+                                        return;
+                                    }
+                                    for (i64 ii = 0; ii < nq; ++ii)
+                                        for (i64 jj = 0; jj < nk; ++jj) pair_update(r, qi[ii], kj[jj], r.dq + qi[ii] * d);
+                                });
             }
             scatter_head(r.dq, dq, n_q, heads, d, b);
             scatter_head(r.dk, dk, n_k, heads, d, b);
@@ -479,9 +471,12 @@ void lsh_weighted_backward_sparse(const C* q_codes, const C* k_codes, i64 n_b, i
             }
             for (i64 h = 0; h < m; ++h) {
                 if (!has_crowded[h]) continue;
-                const int32_t* marks = count.data() + h * n_buckets;
-                crowded_buckets(qcb + h * n_q, kcb + h * n_k, qm, km, n_q, n_k, n_buckets, r, s,
-                                [marks](i64 c, i64, i64) { return marks[c] == -1; });
+                const int32_t* marks = count.data() + h * n_buckets;  // -1: a crowded bucket, unlinked above
+                for_each_bucket(qcb + h * n_q, kcb + h * n_k, qm, km, n_q, n_k, n_buckets, s,
+                                [&](i64 c, const i64* qi, i64 nq, const i64* kj, i64 nk) {
+                                    if (marks[c] == -1) bucket_outer_products(qi, nq, kj, nk, r, s.a_mat.data(),
+                                                                              s.b_mat.data());
+                                });
             }
             scatter_head(r.dq, dq, n_q, heads, d, b);
             scatter_head(r.dk, dk, n_k, heads, d, b);
