@@ -12,7 +12,8 @@ from yoso_attention.ops import backend, kernels_cpp
 @pytest.fixture
 def fresh_backend(monkeypatch):
     """The backend's load state emptied for one test (and restored after it)."""
-    for name, value in (("_loaded", {}), ("_load_errors", {}), ("_not_built", set()), ("_warned", set())):
+    for name, value in (("_loaded", {}), ("_load_errors", {}), ("_not_built", set()), ("_warned", set()),
+                        ("_from_env", None)):
         monkeypatch.setattr(backend, name, value)
     monkeypatch.delenv("YOSO_CPU_KERNELS", raising=False)
     monkeypatch.delenv("YOSO_DISABLE_NUMBA", raising=False)

@@ -33,6 +33,7 @@ _load_errors: dict[str, str] = {}
 _not_built: set[str] = set()  # sets that failed only because nothing was built: auto passes them over silently
 _warned: set[str] = set()
 _forced: str | None = None  # set by use_kernels / torch_only
+_from_env: str | None = None  # the environment's choice, read once (every operator call asks)
 
 
 def _load_compiled():
@@ -65,15 +66,19 @@ def _load(name: str):
 
 
 def requested_kernels() -> str:
-    """The kernel set asked for: ``use_kernels``'s inside one, else ``YOSO_CPU_KERNELS`` (``auto`` by default)."""
+    """The kernel set asked for: ``use_kernels``'s inside one, else ``YOSO_CPU_KERNELS`` (``auto`` by default), read
+    at the first operator call."""
+    global _from_env
     if _forced is not None:
         return _forced
-    if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
-        return "torch"
-    name = os.environ.get("YOSO_CPU_KERNELS", "auto").strip().lower() or "auto"
-    if name not in ("auto", *KERNEL_SETS):
-        raise ValueError(f"YOSO_CPU_KERNELS must be one of auto, {', '.join(KERNEL_SETS)}; got {name!r}")
-    return name
+    if _from_env is None:
+        name = os.environ.get("YOSO_CPU_KERNELS", "auto").strip().lower() or "auto"
+        if os.environ.get("YOSO_DISABLE_NUMBA", "0") not in ("", "0"):
+            name = "torch"
+        elif name not in ("auto", *KERNEL_SETS):
+            raise ValueError(f"YOSO_CPU_KERNELS must be one of auto, {', '.join(KERNEL_SETS)}; got {name!r}")
+        _from_env = name
+    return _from_env
 
 
 def _cpu_choice() -> tuple[str, Any]:

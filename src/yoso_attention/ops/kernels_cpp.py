@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 _CODE_SUFFIX = {np.dtype(np.uint8): "u8", np.dtype(np.int16): "i16", np.dtype(np.int32): "i32"}
-# Builds from the most to the least demanding; each is named _cpu_kernels<suffix> (setup.py).
-_LEVELS = (("_x86_64_v4", "x86-64-v4"), ("_x86_64_v3", "x86-64-v3"), ("", None))
+# The builds beyond the baseline (_cpu_kernels), most demanding first; each is named _cpu_kernels<suffix> (setup.py).
+_LEVELS = (("_x86_64_v4", "x86-64-v4"), ("_x86_64_v3", "x86-64-v3"))
 
 
 def _ptr(a: np.ndarray, dtype=None) -> ctypes.c_void_p:
@@ -106,13 +106,6 @@ def _i64(*values: int) -> list[ctypes.c_int64]:
     return [ctypes.c_int64(int(v)) for v in values]
 
 
-def _cpu_supports(level: str | None) -> bool:
-    if level is None:
-        return True
-    probe = load_library("")  # the baseline build answers for the CPU (its probe runs no newer instructions)
-    return probe is not None and bool(probe.yoso_cpu_supports(level.encode()))
-
-
 def load_library(suffix: str) -> ctypes.CDLL | None:
     spec = importlib.util.find_spec(f"{__package__}._cpu_kernels{suffix}")
     if spec is None or spec.origin is None:
@@ -125,10 +118,11 @@ def load_library(suffix: str) -> ctypes.CDLL | None:
 def load() -> CompiledKernels | None:
     """The most capable build this CPU runs, or None where no build exists (no compiler at install). A build that
     exists but does not load raises (OSError from the loader)."""
+    baseline = load_library("")  # answers for the CPU: its probe runs no newer instructions
+    if baseline is None:
+        return None
     for suffix, level in _LEVELS:
-        lib = load_library(suffix) if _cpu_supports(level) else None
+        lib = load_library(suffix) if baseline.yoso_cpu_supports(level.encode()) else None
         if lib is not None:
             return CompiledKernels(lib, Path(lib._name))
-    return None
-
-
+    return CompiledKernels(baseline, Path(baseline._name))
