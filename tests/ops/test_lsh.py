@@ -149,7 +149,7 @@ def test_registered_lsh_backward_matches_its_definition_for_other_lengths_and_ma
     v, dout = torch.randn(n_b, n_k, dv), torch.randn(n_b, n_q, dv)
     q_codes, k_codes = (torch.randint(0, 2**tau, (n_b, m, n)).to(code_dtype(tau)) for n in (n_q, n_k))
     q_mask, k_mask = torch.rand(n_b, n_q) > 0.3, torch.rand(n_b, n_k) > 0.3
-    dq, dk, dv_got = torch.ops.yoso.lsh_backward(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, m, tau)
+    dq, dk, dv_got = torch.ops.yoso.lsh_backward(q, k, v, dout, q_codes, k_codes, None, q_mask, k_mask, m, tau, False)
 
     pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1) * q_mask[..., None] * k_mask[:, None]
     w = pairs * (dout.double() @ v.double().transpose(1, 2)) * tau / (2 * m)  # (B, L, S)
@@ -329,6 +329,33 @@ def test_sampled_backward_allocates_its_three_gradients_and_little_else(recomput
     codes = 2 * 4 * 8 * 1024 * 2  # q's and k's int16 codes: rehashed, or counted where the backward first reads them
     assert live_tensor_peak(lambda: out.backward(grad)) < 3 * q.nbytes + 2 * codes + q.nbytes / 4
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def created_sizes(fn) -> list[int]:
+    """The sizes in bytes of the torch allocations fn() makes, in the order it makes them."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action, MemoryProfile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
+        fn()
+    return [size for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline
+            if action == Action.CREATE]  # fmt: skip
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])
+def test_results_are_allocated_before_the_codes(recompute):
+    """The output (forward) and the three gradients (backward) come before the codes, which are freed first: freed
+    temporaries under a kept tensor would leave holes in the heap that the next activation does not fit."""
+    q, k, v = (torch.randn(4, 1024, 32, requires_grad=True) for _ in range(3))
+    codes = 4 * 8 * 1024 * 2  # int16 codes of q or of k
+    forward = created_sizes(lambda: yoso_lsh(q, k, v, num_hash=8, hash_code_len=9, generator=gen(),
+                                             recompute_codes=recompute))  # fmt: skip
+    assert forward.index(q.nbytes) < forward.index(codes)
+    out = yoso_lsh(q, k, v, num_hash=8, hash_code_len=9, generator=gen(), recompute_codes=recompute)
+    backward = created_sizes(lambda: out.backward(torch.ones_like(out)))
+    assert backward.count(q.nbytes) >= 3
+    if recompute:  # the rehashed codes come after dq, dk, dv
+        assert [i for i, size in enumerate(backward) if size == q.nbytes][2] < backward.index(codes)
 
 
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])

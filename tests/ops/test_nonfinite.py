@@ -67,3 +67,31 @@ def test_padding_stays_zero_beside_a_nan_key(backend, op):
     out = OPS[op](q, k, v, mask)
     assert torch.isnan(out[1, 2, :7]).all() and torch.equal(out[1, 2, 7:], torch.zeros_like(out[1, 2, 7:]))
     assert torch.isfinite(out[0]).all() and torch.isfinite(out[1, :2]).all()
+
+
+@OP
+def test_finite_rows_whose_total_overflows_are_not_nan(backend, op):
+    """The eager check sums each tensor whole; finite input whose total overflows takes the row-wise rule, which
+    leaves every finite row alone."""
+    q, k, v = qkv()
+    with torch.no_grad():
+        v[0, 0, :2] = 3e37  # each row sums to 2.4e38 (finite), the whole of v to inf
+    assert torch.isinf(v.detach().sum()) and torch.isfinite(v.detach().sum(-1)).all()
+    out = OPS[op](q, k, v)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(v.grad).all()  # (q's and k's gradients scale with v: 1e38 may overflow them, honestly)
+
+
+def test_the_rule_allocates_nothing_row_sized_for_finite_input_in_eager_mode():
+    """On finite CPU input in eager mode the rule costs one sum per tensor: none of the row-wise path's (B, n)
+    temporaries, which each call used to leave in the heap between the model's activations."""
+    from yoso_attention.bench.timing import live_tensor_peak
+    from yoso_attention.ops.nonfinite import poison_gradients, poison_output_
+
+    q, k, v, out = (torch.randn(8, 1024, 32) for _ in range(4))
+    mask = torch.ones(8, 1024, dtype=torch.bool)
+    assert live_tensor_peak(lambda: poison_output_(out, q, k, v, mask, mask)) <= 64
+    assert live_tensor_peak(lambda: poison_gradients((q, k, v), q, k, v, mask, mask)) <= 64
+    v[3, 5, 0] = float("nan")  # the row-wise path, as before
+    assert torch.isnan(poison_output_(out, q, k, v, mask, mask)[3]).all() and torch.isfinite(out[:3]).all()

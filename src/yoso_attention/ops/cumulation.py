@@ -18,22 +18,30 @@ from .hashing import code_dtype
 from .layout import as_flat, flat_rows, from_flat, kernel_rows, new_rows, rows_in_layout
 
 
-def _cumulate_cpu(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
-    out = new_rows(v, q_codes.shape[2], v.shape[-1])
+def _cumulate_cpu(kernels, q_codes, k_codes, v, q_mask, k_mask, n_buckets, out) -> torch.Tensor:
+    out = new_rows(v, q_codes.shape[2], v.shape[-1]) if out is None else out
     arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(v), q_mask, k_mask)]
     kernels.lsh_cumulation(*arrays, n_buckets, kernel_rows(out).numpy())
     return out
 
 
-def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets) -> torch.Tensor:
-    return from_flat(kernels_torch.cumulate(q_codes, k_codes, as_flat(v), q_mask, k_mask, n_buckets), v)
+def _cumulate_torch(q_codes, k_codes, v, q_mask, k_mask, n_buckets, out) -> torch.Tensor:
+    rows = from_flat(kernels_torch.cumulate(q_codes, k_codes, as_flat(v), q_mask, k_mask, n_buckets), v)
+    return rows if out is None else out.copy_(rows)
+
+
+def cumulate_rows(q_codes, k_codes, v, q_mask, k_mask, n_buckets: int, out: Tensor | None = None) -> Tensor:
+    """``cumulate``'s computation (no autograd), written into ``out`` (fresh rows in v's layout) when given: an op
+    that allocates its output before its temporaries (the codes) leaves no hole under the output when it frees
+    them, in an allocator that reuses freed space."""
+    return dispatch(_cumulate_cpu, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets, out)
 
 
 @torch.library.custom_op("yoso::cumulate", mutates_args=())
 def cumulate(q_codes: Tensor, k_codes: Tensor, v: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int) -> Tensor:
     """out_i = q_mask_i / m * sum_h sum_j k_mask_j [q_codes[h, i] == k_codes[h, j]] v_j, float32 rows in v's layout.
     Codes (B, m, n) and masks (B, n) contiguous, v (..., S, dv) float32 rows (``layout``). Differentiable in v."""
-    return dispatch(_cumulate_cpu, _cumulate_torch, q_codes, k_codes, v, q_mask, k_mask, n_buckets)
+    return cumulate_rows(q_codes, k_codes, v, q_mask, k_mask, n_buckets)
 
 
 @cumulate.register_fake
@@ -64,8 +72,9 @@ def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
     return n_keys * d <= 64 * n_buckets
 
 
-def _weighted_cpu(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
-    dq, dk = new_rows(q, q.shape[-2], q.shape[-1], zeros=True), new_rows(k, k.shape[-2], k.shape[-1], zeros=True)
+def _weighted_cpu(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets, dq, dk):
+    if dq is None:
+        dq, dk = new_rows(q, q.shape[-2], q.shape[-1], zeros=True), new_rows(k, k.shape[-2], k.shape[-1], zeros=True)
     q_inv, k_inv = (as_flat(norm).reciprocal().flatten(1) for norm in (q_norm, k_norm))  # (B, n)
     arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(q), kernel_rows(k), q_inv, k_inv, kernel_rows(v),
                                     kernel_rows(dout), q_mask, k_mask)]  # fmt: skip
@@ -75,27 +84,22 @@ def _weighted_cpu(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_ma
     return dq, dk
 
 
-def _weighted_torch(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
+def _weighted_torch(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     dqn, dkn = kernels_torch.weighted_backward(q_codes, k_codes, *(as_flat(t) for t in (q, k, q_norm, k_norm, v, dout)),
                                                q_mask, k_mask, n_buckets)  # fmt: skip
-    return from_flat(dqn, q), from_flat(dkn, k)
+    dqn, dkn = from_flat(dqn, q), from_flat(dkn, k)
+    return (dqn, dkn) if dq is None else (dq.copy_(dqn), dk.copy_(dkn))
 
 
-@torch.library.custom_op("yoso::weighted_backward", mutates_args=())
-def weighted_backward(q_codes: Tensor, k_codes: Tensor, q: Tensor, k: Tensor, q_norm: Tensor, k_norm: Tensor,
-                      v: Tensor, dout: Tensor, q_mask: Tensor, k_mask: Tensor, n_buckets: int
-                      ) -> tuple[Tensor, Tensor]:  # fmt: skip
+def weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets: int,
+                      dq: Tensor | None = None, dk: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(dqn, dkn), the gradients w.r.t. the unit rows qn = q / q_norm and kn = k / k_norm: dqn_i = sum_h
     sum_{j collides} (dout_i . v_j) kn_j and dkn_j = sum_h sum_i (...) qn_i, over unmasked pairs (no 1/m and no
-    tau/2 factor), in the layout of q and k. Raw rows q (..., L, d), k (..., S, d), v, dout of one layout (``layout``)
-    and the norms (..., n, 1) of q and k: the CPU kernels form the unit rows as they read them."""
-    return dispatch(_weighted_cpu, _weighted_torch, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask,
-                    k_mask, n_buckets)  # fmt: skip
-
-
-@weighted_backward.register_fake
-def _(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets):
-    return new_rows(q, q.shape[-2], q.shape[-1]), new_rows(k, k.shape[-2], k.shape[-1])
+    tau/2 factor), in the layout of q and k; into dq and dk (zeroed rows) when given (see ``cumulate_rows``). Raw
+    rows q (..., L, d), k (..., S, d), v, dout of one layout (``layout``) and the norms (..., n, 1) of q and k: the
+    CPU kernels form the unit rows as they read them. Part of ``yoso::lsh_backward``: no autograd."""
+    return dispatch(_weighted_cpu, _weighted_torch, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask,
+                    n_buckets, dq, dk)  # fmt: skip
 
 
 def flat_mask(mask: torch.Tensor | None, shape: torch.Size, device) -> torch.Tensor:

@@ -154,7 +154,8 @@ def prepare(q, k, v, mask, rows=flat_rows):
     q_mask = flat_mask(mask, q_shape, q.device)
     if mask is None:
         v_rows = v.float() if rows is flat_rows else rows(v)
-        return rows(q), rows(k), v_rows, q_mask, flat_mask(None, k.shape[:-1], q.device)
+        k_mask = q_mask if k.shape[:-1] == q_shape else flat_mask(None, k.shape[:-1], q.device)
+        return rows(q), rows(k), v_rows, q_mask, k_mask
     # Padding may hold anything (NaN included): zero it, so that a padded batch equals the truncated one.
     return *(zero_padding(rows(t), q_mask) for t in (q, k, v)), q_mask, q_mask
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .backend import fp32_region
 from .checks import check_hash_params
-from .cumulation import cumulate, weighted_backward
+from .cumulation import cumulate_rows, weighted_backward
 from .expectation import expectation_backward, prepare
 from .hashing import code_dtype, draw_hash_functions, hash_pair
 from .layout import as_flat, from_flat, from_kernel_rows, head_rows, kernel_rows, new_rows, num_rows, rows_in_layout
@@ -32,8 +32,9 @@ def lsh(q: Tensor, k: Tensor, v: Tensor, hash_draw: Tensor, q_mask: Tensor, k_ma
     ``layout``), under the hash functions of ``hash_draw``: (out (..., L, dv) in that layout, q_codes (B, m, L),
     k_codes (B, m, S)). Differentiable in q, k and v; the last two arguments only choose what the backward does
     and keeps."""
+    out = new_rows(v, q.shape[-2], v.shape[-1])  # before the codes, which the caller may drop (``cumulate_rows``)
     q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)
-    return cumulate(q_codes, k_codes, v, q_mask, k_mask, 2**tau), q_codes, k_codes
+    return cumulate_rows(q_codes, k_codes, v, q_mask, k_mask, 2**tau, out), q_codes, k_codes
 
 
 @lsh.register_fake
@@ -44,22 +45,29 @@ def _(q, k, v, hash_draw, q_mask, k_mask, num_hash, tau, fast, lsh_backward, rec
 
 
 @torch.library.custom_op("yoso::lsh_backward", mutates_args=())
-def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor, k_codes: Tensor, q_mask: Tensor,
-                 k_mask: Tensor, num_hash: int, tau: int) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dq, dk, dv) of ``lsh`` from the forward's codes in linear time: dv is the cumulation with queries and keys
-    swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise) through the unit rows.
-    q, k, v, dout: float32 rows of one layout (``layout``); the gradients come in that layout."""
+def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor | None, k_codes: Tensor | None,
+                 hash_draw: Tensor | None, q_mask: Tensor, k_mask: Tensor, num_hash: int, tau: int, fast: bool
+                 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dq, dk, dv) of ``lsh`` from the forward's codes, or (codes None) from codes rehashed under ``hash_draw``, in
+    linear time: dv is the cumulation with queries and keys swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i}
+    (dO_i . v_j) k^_j (and dk likewise) through the unit rows. q, k, v, dout: float32 rows of one layout
+    (``layout``); the gradients come in that layout."""
+    # The gradients first, the codes to rehash after them (see ``cumulate_rows``).
+    dq, dk = (new_rows(x, x.shape[-2], x.shape[-1], zeros=True) for x in (q, k))
+    dv = new_rows(dout, k.shape[-2], dout.shape[-1])
+    if q_codes is None or k_codes is None:
+        q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)
     q_norm, k_norm = (from_kernel_rows(row_norms(kernel_rows(x)), x) for x in (q, k))  # (..., n, 1), unit rows unstored
-    dv = cumulate(k_codes, q_codes, dout, k_mask, q_mask, 2**tau)
-    dqn, dkn = weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, 2**tau)
+    cumulate_rows(k_codes, q_codes, dout, k_mask, q_mask, 2**tau, dv)
+    weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, 2**tau, dq, dk)
     scale = tau / (2 * num_hash)
-    dq = unit_rows_backward(q, q_norm, dqn.mul_(scale), in_place=True, raw=True)
-    dk = unit_rows_backward(k, k_norm, dkn.mul_(scale), in_place=True, raw=True)
+    dq = unit_rows_backward(q, q_norm, dq.mul_(scale), in_place=True, raw=True)
+    dk = unit_rows_backward(k, k_norm, dk.mul_(scale), in_place=True, raw=True)
     return dq, dk, dv
 
 
 @lsh_backward.register_fake
-def _(q, k, v, dout, q_codes, k_codes, q_mask, k_mask, num_hash, tau):
+def _(q, k, v, dout, q_codes, k_codes, hash_draw, q_mask, k_mask, num_hash, tau, fast):
     return tuple(new_rows(x, x.shape[-2], x.shape[-1]) for x in (q, k, v))
 
 
@@ -88,8 +96,8 @@ def _lsh_backward(ctx, grad, *_codes_grads):
         flat = expectation_backward(*(as_flat(t) for t in (q, k, v, grad)), q_mask, k_mask, tau, False)
         dq, dk, dv = (from_flat(g, x) for g, x in zip(flat, (q, k, v)))
     else:
-        codes = hash_pair(q, k, *codes_source, *ctx.hashing) if ctx.recompute else codes_source
-        dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, num_hash, tau)
+        codes = (None, None, *codes_source) if ctx.recompute else (*codes_source, None)
+        dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, *ctx.hashing)
     dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
     return dq, dk, dv, None, None, None, None, None, None, None, None
 
