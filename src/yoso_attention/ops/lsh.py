@@ -90,7 +90,7 @@ def _lsh_backward(ctx, grad, *_codes_grads):
     if grad is None:
         return (None,) * 11
     q, k, v, q_mask, k_mask, *codes_source = ctx.saved_tensors
-    num_hash, tau, _ = ctx.hashing
+    tau = ctx.hashing[1]
     grad = rows_in_layout(grad, q.dim())
     if not ctx.lsh_backward:  # YOSO-E's gradients, on flat rows
         flat = expectation_backward(*(as_flat(t) for t in (q, k, v, grad)), q_mask, k_mask, tau, False)

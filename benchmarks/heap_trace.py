@@ -1,0 +1,133 @@
+"""Why a run's resident peak exceeds its live bytes: record every malloc and free of a `yoso` command, then replay
+them in a fresh process (torch and the package imported, as in a training run) and read glibc's most held heap.
+A replay makes the same calls in the same order, so a trace edited before replaying says what a change in the
+allocation sequence would do (docs/studies.md, "Where the resident gap comes from"). Linux, glibc and gcc only.
+
+    # record (a trace of ~20-30 MB for 20 MQAR steps):
+    .venv/bin/python benchmarks/heap_trace.py record runs/heap/yoso.trace -- train --preset mqar ...
+    # replay 5 times as recorded, then without the allocations of at most 1024 bytes that live across >= 3
+    # allocations of >= 1 MB (the long-lived small objects), one JSON line each:
+    .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 5
+    .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 5 --drop-small 1024 --lived long
+
+Identical replays differ by tens of MB (the heap the interpreter starts from is not the same twice): compare means
+over several runs. Records are (address or id, bytes (-1: free), thread, alignment), 24 bytes each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SOURCE = Path(__file__).with_name("heap_trace.c")
+BUILD = Path(os.environ.get("HEAP_TRACE_BUILD", "runs/heap-trace-build"))
+RECORD = np.dtype([("addr", "u8"), ("bytes", "i8"), ("tid", "i4"), ("align", "i4")])
+BIG = 1 << 20  # allocations of at least this size are the clock of "long-lived"
+
+
+def library(kind: str) -> Path:
+    """The recorder (LD_PRELOAD) or the replayer, built from heap_trace.c when missing or older than it."""
+    out = BUILD / f"libheaptrace_{kind}.so"
+    if not out.exists() or out.stat().st_mtime < SOURCE.stat().st_mtime:
+        BUILD.mkdir(parents=True, exist_ok=True)
+        flag = {"record": "-DHEAP_TRACE_RECORD", "replay": "-DHEAP_TRACE_REPLAY"}[kind]
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", flag, "-o", str(out), str(SOURCE)], check=True)
+    return out.resolve()
+
+
+def record(out: Path, yoso_args: list[str]) -> None:
+    """Run `yoso yoso_args` with the recorder preloaded, recording from the command's start (imports excluded)."""
+    if os.environ.get("HEAP_TRACE_CHILD") != "1":
+        env = dict(os.environ, LD_PRELOAD=str(library("record")), HEAP_TRACE_CHILD="1")
+        sys.exit(subprocess.run([sys.executable, __file__, "record", str(out), "--", *yoso_args], env=env).returncode)
+    tracer = ctypes.CDLL(os.environ["LD_PRELOAD"])
+    from yoso_attention.cli import main as yoso
+
+    tracer.heap_trace_enable(1)
+    status = yoso(yoso_args)
+    tracer.heap_trace_enable(0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if tracer.heap_trace_dump(str(out).encode()) < 0:
+        raise SystemExit(f"could not write {out}")
+    sys.exit(status)
+
+
+def with_ids(trace: np.ndarray) -> np.ndarray:
+    """The trace with each allocation numbered 1, 2, ... and each free carrying its allocation's number (0: a
+    free of something allocated before recording began); addresses are reused, numbers are not."""
+    out = trace.copy()
+    current: dict[int, int] = {}
+    for i, (addr, size) in enumerate(zip(trace["addr"].tolist(), trace["bytes"].tolist())):
+        if size > 0:
+            current[addr] = i + 1
+            out["addr"][i] = i + 1
+        else:
+            out["addr"][i] = current.pop(addr, 0)
+    return out
+
+
+def drop_small(trace: np.ndarray, max_bytes: int, lived: str) -> np.ndarray:
+    """Without the allocations of at most max_bytes (and their frees) that are long-lived (alive across >= 3
+    allocations of >= 1 MB, or never freed), short-lived, or all of them."""
+    sizes, ids = trace["bytes"], trace["addr"]
+    big_seen = np.cumsum(sizes >= BIG)  # clock: allocations of >= 1 MB so far
+    born = {int(i): int(big_seen[k]) for k, i in enumerate(ids) if 0 < sizes[k] <= max_bytes}
+    died = {int(ids[k]): int(big_seen[k]) for k in np.flatnonzero(sizes < 0) if int(ids[k]) in born}
+    long_lived = {i for i, t in born.items() if died.get(i, 1 << 62) - t >= 3}
+    drop = {"all": set(born), "long": long_lived, "short": set(born) - long_lived}[lived]
+    return trace[~np.isin(ids, np.fromiter(drop, dtype=np.uint64, count=len(drop)))]
+
+
+def replay_once(path: Path, max_bytes: int | None, lived: str) -> dict:
+    trace = with_ids(np.fromfile(path, dtype=RECORD))
+    if max_bytes is not None:
+        trace = drop_small(trace, max_bytes, lived)
+    trace = np.ascontiguousarray(trace)
+    import torch  # noqa: F401  (the heap a training process starts from)
+    import yoso_attention.training.loop  # noqa: F401
+
+    replayer = ctypes.CDLL(str(library("replay")))
+    result = (ctypes.c_double * 2)()
+    status = replayer.heap_trace_replay(trace.ctypes.data_as(ctypes.c_void_p), ctypes.c_long(len(trace)),
+                                        ctypes.c_long(int(trace["addr"].max())), result)  # fmt: skip
+    if status != 0:
+        raise SystemExit(f"replay failed ({status})")
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    return {"trace": str(path), "drop_small": max_bytes, "lived": lived if max_bytes is not None else None,
+            "heap_mb": round(result[0] / 2**20, 1), "in_use_mb": round(result[1] / 2**20, 1),
+            "vm_hwm_mb": round(hwm / 1024, 1)}  # fmt: skip
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record", help="run a yoso command and record its heap traffic")
+    rec.add_argument("out", type=Path)
+    rec.add_argument("yoso_args", nargs=argparse.REMAINDER, help="-- then the yoso command's arguments")
+    rep = sub.add_parser("replay", help="replay a trace in fresh processes; one JSON line per run")
+    rep.add_argument("trace", type=Path)
+    rep.add_argument("--runs", type=int, default=1)
+    rep.add_argument("--drop-small", type=int, default=None, metavar="BYTES",
+                     help="leave out the allocations of at most BYTES (see --lived)")
+    rep.add_argument("--lived", choices=("all", "long", "short"), default="all")
+    rep.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # one replay, in this process
+    args = parser.parse_args(argv)
+    if args.command == "record":
+        record(args.out, args.yoso_args[1:] if args.yoso_args[:1] == ["--"] else args.yoso_args)
+    elif args.once:
+        print(json.dumps(replay_once(args.trace, args.drop_small, args.lived)), flush=True)
+    else:
+        extra = [] if args.drop_small is None else ["--drop-small", str(args.drop_small), "--lived", args.lived]
+        for _ in range(args.runs):
+            subprocess.run([sys.executable, __file__, "replay", str(args.trace), "--once", *extra], check=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
