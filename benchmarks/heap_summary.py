@@ -18,7 +18,7 @@ def main(paths: list[str]) -> None:
         for line in open(path):
             if line.strip():
                 row = json.loads(line)
-                key = (row["label"],) if "label" in row else (row["trace"], row["drop_small"], row["lived"])
+                key = (row["label"],) if "label" in row else (row["trace"], row["drop_small"], row["lived"], str(row.get("drop_sizes")))
                 groups[key].append(row)
     for key, rows in groups.items():
         fields = ("rss_mb", "max_allocated_mb") if "label" in rows[0] else ("heap_mb", "in_use_mb", "vm_hwm_mb")
