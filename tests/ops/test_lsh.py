@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import GRAD_TOL, OUT_TOL, grad_errors, rel_err
-from yoso_attention.bench.timing import live_tensor_peak
+from yoso_attention.bench.timing import allocation_changes, live_tensor_peak
 from yoso_attention.ops import hash_codes, lsh_cumulation, yoso_expectation, yoso_lsh
 from yoso_attention.ops.reference import sampled_collision_matrix, yoso_lsh_reference
 
@@ -333,13 +333,7 @@ def test_sampled_backward_allocates_its_three_gradients_and_little_else(recomput
 
 def created_sizes(fn) -> list[int]:
     """The sizes in bytes of the torch allocations fn() makes, in the order it makes them."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, MemoryProfile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
-        fn()
-    return [size for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline
-            if action == Action.CREATE]  # fmt: skip
+    return [size for size in allocation_changes(fn) if size > 0]
 
 
 @pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import itertools
 import multiprocessing
 import os
 import statistics
@@ -94,19 +95,23 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return mem.peak
 
 
-def live_tensor_peak(fn: Callable[[], object]) -> int:
-    """The largest total of torch allocations alive at once during fn(), in bytes (torch.profiler's memory
-    timeline): what tensors need, which neither the allocator's heap nor a runtime's pages blur."""
+def allocation_changes(fn: Callable[[], object]) -> list[int]:
+    """The torch allocations (+bytes) and frees (-bytes) that fn() makes, in order (torch.profiler's memory
+    timeline)."""
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import Action, MemoryProfile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, with_stack=True) as prof:
         fn()
-    live = peak = 0
-    for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline:
-        live += size if action == Action.CREATE else -size if action == Action.DESTROY else 0
-        peak = max(peak, live)
-    return peak
+    signs = {Action.CREATE: 1, Action.DESTROY: -1}
+    return [signs[action] * size for _, action, _, size in MemoryProfile(prof.profiler.kineto_results).timeline
+            if action in signs]  # fmt: skip
+
+
+def live_tensor_peak(fn: Callable[[], object]) -> int:
+    """The largest total of torch allocations alive at once during fn(), in bytes: what tensors need, which neither
+    the allocator's heap nor a runtime's pages blur."""
+    return max(itertools.accumulate(allocation_changes(fn), initial=0))
 
 
 def in_fresh_process(fn: Callable[..., object], *args) -> object:

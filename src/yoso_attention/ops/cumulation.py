@@ -73,8 +73,6 @@ def _sparse_buckets(n_keys: int, d: int, n_buckets: int) -> bool:
 
 
 def _weighted_cpu(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets, dq, dk):
-    if dq is None:
-        dq, dk = new_rows(q, q.shape[-2], q.shape[-1], zeros=True), new_rows(k, k.shape[-2], k.shape[-1], zeros=True)
     q_inv, k_inv = (as_flat(norm).reciprocal().flatten(1) for norm in (q_norm, k_norm))  # (B, n)
     arrays = [as_numpy(t) for t in (q_codes, k_codes, kernel_rows(q), kernel_rows(k), q_inv, k_inv, kernel_rows(v),
                                     kernel_rows(dout), q_mask, k_mask)]  # fmt: skip
@@ -87,15 +85,14 @@ def _weighted_cpu(kernels, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_ma
 def _weighted_torch(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets, dq, dk):
     dqn, dkn = kernels_torch.weighted_backward(q_codes, k_codes, *(as_flat(t) for t in (q, k, q_norm, k_norm, v, dout)),
                                                q_mask, k_mask, n_buckets)  # fmt: skip
-    dqn, dkn = from_flat(dqn, q), from_flat(dkn, k)
-    return (dqn, dkn) if dq is None else (dq.copy_(dqn), dk.copy_(dkn))
+    return dq.copy_(from_flat(dqn, q)), dk.copy_(from_flat(dkn, k))
 
 
-def weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets: int,
-                      dq: Tensor | None = None, dk: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+def weighted_backward(q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask, n_buckets: int, dq: Tensor,
+                      dk: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(dqn, dkn), the gradients w.r.t. the unit rows qn = q / q_norm and kn = k / k_norm: dqn_i = sum_h
     sum_{j collides} (dout_i . v_j) kn_j and dkn_j = sum_h sum_i (...) qn_i, over unmasked pairs (no 1/m and no
-    tau/2 factor), in the layout of q and k; into dq and dk (zeroed rows) when given (see ``cumulate_rows``). Raw
+    tau/2 factor), written into dq and dk (zeroed rows in the layouts of q and k; see ``cumulate_rows``). Raw
     rows q (..., L, d), k (..., S, d), v, dout of one layout (``layout``) and the norms (..., n, 1) of q and k: the
     CPU kernels form the unit rows as they read them. Part of ``yoso::lsh_backward``: no autograd."""
     return dispatch(_weighted_cpu, _weighted_torch, q_codes, k_codes, q, k, q_norm, k_norm, v, dout, q_mask, k_mask,
