@@ -11,6 +11,10 @@ allocation sequence would do (docs/studies.md, "Where the resident gap comes fro
     .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 5 --drop-small 1024 --lived long
     # without the allocations of exactly 2 MB and 1.375 MB (the codes and the hash draw at 1024 tokens):
     .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 5 --drop-sizes 2097152 1441792
+    # torch's posix_memalign(64, n) calls made as the plain mallocs of the memalign shim (yoso_attention/heap.py),
+    # and only the allocations of >= 1 MB (the tensors; their replays vary by a few MB, not tens):
+    .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 3 --unaligned
+    .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 3 --drop-small 1048575
 
 Identical replays differ by tens of MB (the heap the interpreter starts from is not the same twice): compare means
 over several runs. Records are (address or id, bytes (-1: free), thread, alignment), 24 bytes each.
@@ -93,12 +97,24 @@ def drop_sizes(trace: np.ndarray, sizes: list[int]) -> np.ndarray:
     return trace[~np.isin(trace["addr"], dropped)]
 
 
-def replay_once(path: Path, max_bytes: int | None, lived: str, sizes: list[int]) -> dict:
+def unaligned(trace: np.ndarray) -> np.ndarray:
+    """Each aligned allocation as the plain malloc that the memalign shim (yoso_attention/csrc/memalign_shim.c)
+    makes of it: bytes + alignment + 16."""
+    out = trace.copy()
+    aligned = (out["align"] > 16) & (out["bytes"] > 0)
+    out["bytes"][aligned] += out["align"][aligned] + 16
+    out["align"] = 0
+    return out
+
+
+def replay_once(path: Path, max_bytes: int | None, lived: str, sizes: list[int], plain: bool) -> dict:
     trace = with_ids(np.fromfile(path, dtype=RECORD))
     if max_bytes is not None:
         trace = drop_small(trace, max_bytes, lived)
     if sizes:
         trace = drop_sizes(trace, sizes)
+    if plain:
+        trace = unaligned(trace)
     trace = np.ascontiguousarray(trace)
     import torch  # noqa: F401  (the heap a training process starts from)
     import yoso_attention.training.loop  # noqa: F401
@@ -111,7 +127,7 @@ def replay_once(path: Path, max_bytes: int | None, lived: str, sizes: list[int])
         raise SystemExit(f"replay failed ({status})")
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     return {"trace": str(path), "drop_small": max_bytes, "lived": lived if max_bytes is not None else None,
-            "drop_sizes": sizes or None, "heap_mb": round(result[0] / 2**20, 1), "in_use_mb": round(result[1] / 2**20, 1),
+            "drop_sizes": sizes or None, "unaligned": plain, "heap_mb": round(result[0] / 2**20, 1), "in_use_mb": round(result[1] / 2**20, 1),
             "vm_hwm_mb": round(hwm / 1024, 1)}  # fmt: skip
 
 
@@ -129,15 +145,19 @@ def main(argv: list[str]) -> None:
     rep.add_argument("--lived", choices=("all", "long", "short"), default="all")
     rep.add_argument("--drop-sizes", type=int, nargs="+", default=[], metavar="BYTES",
                      help="leave out the allocations of exactly these sizes")
+    rep.add_argument("--unaligned", action="store_true",
+                     help="aligned allocations as plain mallocs of their size + alignment + 16 (as the shim makes)")
     rep.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # one replay, in this process
     args = parser.parse_args(argv)
     if args.command == "record":
         record(args.out, args.yoso_args[1:] if args.yoso_args[:1] == ["--"] else args.yoso_args)
     elif args.once:
-        print(json.dumps(replay_once(args.trace, args.drop_small, args.lived, args.drop_sizes)), flush=True)
+        print(json.dumps(replay_once(args.trace, args.drop_small, args.lived, args.drop_sizes, args.unaligned)),
+              flush=True)  # fmt: skip
     else:
         extra = [] if args.drop_small is None else ["--drop-small", str(args.drop_small), "--lived", args.lived]
         extra += ["--drop-sizes", *map(str, args.drop_sizes)] if args.drop_sizes else []
+        extra += ["--unaligned"] if args.unaligned else []
         for _ in range(args.runs):
             subprocess.run([sys.executable, __file__, "replay", str(args.trace), "--once", *extra], check=True)
 

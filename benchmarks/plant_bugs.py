@@ -115,6 +115,14 @@ BUGS = [
      "    q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)\n"
      "    out = new_rows(v, q.shape[-2], v.shape[-1])  # before the codes",
      "tests/ops/test_lsh.py -k allocated_before"),
+    ("heap: the shim hands torch's requests to glibc's memalign after all",
+     "csrc/memalign_shim.c", "    char* raw = __libc_malloc(n + align + 16);",
+     "    return __libc_memalign(align, n);\n    char* raw = __libc_malloc(n + align + 16);",
+     "tests/cli/test_heap.py"),
+    ("heap: the shim's blocks without their check word (freed as glibc chunks)",
+     "csrc/memalign_shim.c", "    p[-2] = CHECK ^ p[-1];", "    p[-2] = CHECK;", "tests/cli/test_heap.py"),
+    ("heap: yoso train no longer reruns under the shim",
+     "cli.py", "        run_under_memalign_shim(sys.argv[1:])", "        pass", "tests/cli/test_heap.py -k command_line"),
 ]  # fmt: skip
 
 
@@ -124,18 +132,21 @@ def plant(copy: Path, path: str, old: str, new: str) -> None:
     if text.count(old) != 1:
         raise SystemExit(f"{path}: the text to replace occurs {text.count(old)} times, expected once: {old!r}")
     target.write_text(text.replace(old, new))
-    if target.suffix == ".cpp":
+    if target.suffix in (".cpp", ".c"):
         rebuild(copy, target)
 
 
 def rebuild(copy: Path, source: Path) -> None:
-    """Compile the planted source into each of the copy's kernel libraries, with setup.py's flags."""
+    """Compile the planted source into each of the copy's libraries built from it, with setup.py's flags."""
     build = runpy.run_path(str(ROOT / "setup.py"), run_name="plant_bugs")  # not __main__: setup() is not called
-    for ext in build["kernel_builds"]():
-        name = ext.name.rsplit(".", 1)[1]
-        for library in (copy / "yoso_attention" / "ops").glob(f"{name}.*"):
-            subprocess.run(["g++", *ext.extra_compile_args, "-shared", "-fPIC", str(source), "-o", str(library)],
-                           check=True)  # fmt: skip
+    for ext in build["kernel_builds"]() + build["memalign_shim"]():
+        if Path(ext.sources[0]).name != source.name:
+            continue
+        package_dir = copy / Path(*ext.name.split(".")[:-1])
+        compiler = "g++" if ext.language == "c++" else "gcc"
+        for library in package_dir.glob(f"{ext.name.rsplit('.', 1)[1]}.*"):
+            subprocess.run([compiler, *ext.extra_compile_args, "-shared", "-fPIC", str(source), "-o", str(library),
+                            *ext.extra_link_args], check=True)  # fmt: skip
 
 
 def main(selection: str = "") -> int:

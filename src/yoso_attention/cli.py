@@ -202,6 +202,12 @@ def _quiet_transformers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (argv None: sys.argv's, and `yoso train` reruns itself under the memalign shim where it
+    applies, see heap.py; a list, as from Python: this process as it is)."""
+    if argv is None and sys.argv[1:2] == ["train"]:
+        from .heap import run_under_memalign_shim
+
+        run_under_memalign_shim(sys.argv[1:])
     ns = build_parser().parse_args(argv)
     _quiet_transformers()
     try:

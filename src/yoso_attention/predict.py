@@ -139,6 +139,7 @@ def info() -> int:
     import transformers
 
     from . import __version__
+    from .heap import memalign_shim_status
     from .ops.backend import active_paths
 
     facts = {
@@ -148,6 +149,7 @@ def info() -> int:
         "threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
         **{f"fast_path_{k}": v for k, v in active_paths().items()},
+        "memalign_shim": memalign_shim_status(),
     }
     try:
         import numba

@@ -34,8 +34,11 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     assert len(wheels) == 1 and wheels[0].name.startswith(f"yoso_attention-{version}-cp"), wheels
     libraries = [n for n in zipfile.ZipFile(wheels[0]).namelist() if n.endswith(".so")]
     assert any(Path(n).name.startswith("_cpu_kernels.") for n in libraries), libraries  # the baseline build
+    assert any(Path(n).name.startswith("_memalign_shim.") for n in libraries), libraries
     sdist = tmp_path / "dist" / f"yoso_attention-{version}.tar.gz"
-    assert f"yoso_attention-{version}/src/yoso_attention/ops/csrc/cpu_kernels.cpp" in tarfile.open(sdist).getnames()
+    sources = tarfile.open(sdist).getnames()
+    assert {f"yoso_attention-{version}/src/yoso_attention/{path}" for path in ("ops/csrc/cpu_kernels.cpp",
+            "csrc/memalign_shim.c")} <= set(sources)  # fmt: skip
 
     venv.create(tmp_path / "venv", with_pip=True)
     bin_dir = tmp_path / "venv" / "bin"
@@ -43,7 +46,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
     run([bin_dir / "pip", "install", "-q", torch_pin])
     run([bin_dir / "pip", "install", "-q", wheels[0]])
 
-    env = {**os.environ, "HOME": str(tmp_path / "home")}  # the data cache and numba's go to the temp dir
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "YOSO_MEMALIGN_SHIM")}
+    env["HOME"] = str(tmp_path / "home")  # the data cache and numba's go to the temp dir
     assert run([bin_dir / "yoso", "--version"], env=env).strip() == f"yoso-attention {version}"
     assert "compiled kernels (_cpu_kernels" in run([bin_dir / "yoso", "info"], env=env)
     out = tmp_path / "run"
@@ -53,3 +57,4 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
          "--output-dir", out], env=env, cwd=tmp_path)  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["memalign_shim"] is True  # the installed command reran itself under the wheel's shim

@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..heap import release_free_heap
+from ..heap import memalign_shim_preloaded, release_free_heap
 from ..hub import local_dir
 from ..ops.hashing import padded_dim
 from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
@@ -356,6 +356,7 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
         **{f"{name}_baseline": rate for name, rate in splits["test"].baselines().items()},
         "tokens_per_second": tokens / max(1e-9, train_seconds),
         "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "memalign_shim": memalign_shim_preloaded(),  # the heap the peak was measured on (heap.py)
         "world_size": world,
     }
     if rank == 0:
