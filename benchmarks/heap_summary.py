@@ -1,5 +1,5 @@
 """Mean and spread of JSON-line results grouped by fields: peak_heap.py's (label) or heap_trace.py replay's (trace,
-drop_small, lived) lines, from one or more files.
+drop_small, lived, drop_sizes, unaligned) lines, from one or more files.
 
     python3 benchmarks/heap_summary.py runs/peak-heap.jsonl [more.jsonl ...]
 """
@@ -18,7 +18,9 @@ def main(paths: list[str]) -> None:
         for line in open(path):
             if line.strip():
                 row = json.loads(line)
-                key = (row["label"],) if "label" in row else (row["trace"], row["drop_small"], row["lived"], str(row.get("drop_sizes")))
+                key = (row["label"],) if "label" in row else (row["trace"], row["drop_small"], row["lived"],
+                                                               str(row.get("drop_sizes")),
+                                                               "unaligned" if row.get("unaligned") else "")
                 groups[key].append(row)
     for key, rows in groups.items():
         fields = ("rss_mb", "max_allocated_mb") if "label" in rows[0] else ("heap_mb", "in_use_mb", "vm_hwm_mb")

@@ -26,7 +26,19 @@ def run(model, inputs, seed=3):
 def test_fullgraph_compile_gives_eager_outputs_and_gradients(name, use_expectation):
     torch.manual_seed(0)
     model = getattr(yoso_attention, name)(tiny_config(use_expectation=use_expectation, conv_window=3)).train()
-    inputs, labels = make_inputs(name)
+    assert_compiled_gradients_are_eager(model, name)
+
+
+def test_fullgraph_compile_with_recomputed_codes_gives_eager_gradients():
+    """Eager mode keeps the generator's state to draw the hash functions again in backward; a graph cannot read it
+    and keeps the draw: the same gradients either way."""
+    torch.manual_seed(0)
+    config = tiny_config(use_expectation=False, recompute_hash_codes=True)
+    assert_compiled_gradients_are_eager(yoso_attention.YosoModel(config).train(), "YosoModel", length=60)  # codes > 5 KB
+
+
+def assert_compiled_gradients_are_eager(model, name, length=None):
+    inputs, labels = make_inputs(name) if length is None else make_inputs(name, n=length)
     inputs = {**inputs, **labels, "attention_mask": torch.ones(inputs["input_ids"].shape, dtype=torch.long)}
     inputs["attention_mask"][..., -4:] = 0
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # AOT autograd: fakes and autograd formulas

@@ -149,7 +149,7 @@ def test_registered_lsh_backward_matches_its_definition_for_other_lengths_and_ma
     v, dout = torch.randn(n_b, n_k, dv), torch.randn(n_b, n_q, dv)
     q_codes, k_codes = (torch.randint(0, 2**tau, (n_b, m, n)).to(code_dtype(tau)) for n in (n_q, n_k))
     q_mask, k_mask = torch.rand(n_b, n_q) > 0.3, torch.rand(n_b, n_k) > 0.3
-    dq, dk, dv_got = torch.ops.yoso.lsh_backward(q, k, v, dout, q_codes, k_codes, None, q_mask, k_mask, m, tau, False)
+    dq, dk, dv_got = torch.ops.yoso.lsh_backward(q, k, v, dout, q_codes, k_codes, None, None, q_mask, k_mask, m, tau, False)
 
     pairs = (q_codes[..., :, None] == k_codes[..., None, :]).double().sum(1) * q_mask[..., None] * k_mask[:, None]
     w = pairs * (dout.double() @ v.double().transpose(1, 2)) * tau / (2 * m)  # (B, L, S)
@@ -353,9 +353,9 @@ def test_results_are_allocated_before_the_codes(recompute):
 
 
 @pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
-def test_recomputed_codes_give_the_same_gradients_and_keep_only_the_hash_functions(fast_hash, backend):
-    """recompute_codes keeps the hash functions' draw (no n in its shape) instead of the codes and rehashes in
-    backward: bit-identical outputs and gradients."""
+def test_recomputed_codes_give_the_same_gradients_and_keep_only_the_generator_state(fast_hash, backend):
+    """recompute_codes keeps the generator's state from before the draw (a few KB, no n in its shape) instead of
+    the codes, and draws and hashes again in backward: bit-identical outputs and gradients."""
     batch, heads, n, d, m, tau = 2, 3, 500, 16, 8, 6  # n > 2 d tau: the Gaussian draw is smaller than the codes
     q, k, v = (torch.randn(batch, heads, n, d) for _ in range(3))
     mask = torch.rand(batch, 1, n) > 0.2
@@ -369,15 +369,30 @@ def test_recomputed_codes_give_the_same_gradients_and_keep_only_the_hash_functio
         runs.append((out, [t.grad for t in leaves], saved))
     (out, grads, saved), (out_r, grads_r, saved_r) = runs
     assert torch.equal(out, out_r) and all(torch.equal(a, b) for a, b in zip(grads, grads_r))
-    assert not [t for t in saved_r if t.dtype in (torch.uint8, torch.int16)]  # no codes kept
-    assert sum(t.numel() * t.element_size() for t in saved_r) < sum(t.numel() * t.element_size() for t in saved)
-    draw = [t for t in saved_r if t.is_floating_point() and t.shape[1] != n]
-    assert len(draw) == 1 and n not in draw[0].shape  # the draw: its size does not grow with the sequence
+    assert not [t for t in saved_r if t.dim() == 3 and not t.is_floating_point()]  # no codes kept
+    assert not [t for t in saved_r if t.is_floating_point() and t.shape[1] != n]  # nor the draw
+    state = [t for t in saved_r if t.dim() == 1]
+    assert len(state) == 1 and torch.equal(state[0], gen().get_state())  # the state the draw came from
 
 
-def test_recompute_codes_keeps_the_codes_when_they_are_smaller_than_the_gaussian_draw():
+def test_recomputed_codes_from_the_global_generator_give_the_same_gradients():
+    """Without a generator the hash functions come from torch's global one: the backward draws them again from
+    its state, whatever the global generator did in between."""
+    q, k, v = (torch.randn(2, 3, 400, 16) for _ in range(3))
+    grads = []
+    for recompute in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        torch.manual_seed(3)
+        out = yoso_lsh(*leaves, num_hash=8, hash_code_len=7, recompute_codes=recompute)
+        torch.randn(1000)  # the global generator moves on before the backward
+        out.backward(torch.ones_like(out))
+        grads.append([t.grad for t in leaves])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_recompute_codes_keeps_the_codes_when_they_are_smaller_than_the_generator_state():
     q, k, v = (torch.randn(2, 50, 16, requires_grad=True) for _ in range(3))
     with kept_for_backward() as saved:
         yoso_lsh(q, k, v, num_hash=8, hash_code_len=6, fast_hash=False, generator=gen(), recompute_codes=True)
-    # codes 2 x (2, 8, 50) bytes; the draw would be (2, 16, 8 x 6) floats
+    # codes 2 x (2, 8, 50) bytes; the CPU generator's state is 5 KB
     assert [(t.dtype, tuple(t.shape)) for t in saved if t.dtype == torch.uint8] == [(torch.uint8, (2, 8, 50))] * 2

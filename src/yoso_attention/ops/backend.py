@@ -145,6 +145,12 @@ def active_paths() -> dict[str, str]:
     return {"cpu": cpu, "cuda": "torch ops" if torch.cuda.is_available() else "no CUDA device"}
 
 
+def is_traced(*tensors: torch.Tensor) -> bool:
+    """Whether this runs inside torch.compile or torch.export, or on tensors that hold no data (FakeTensor and other
+    subclasses): where values and generator states cannot be read."""
+    return torch.compiler.is_compiling() or any(type(t) is not torch.Tensor for t in tensors)
+
+
 def fp32_region(t: torch.Tensor):
     """The ops accumulate in fp32 themselves: autocast must not turn their matmuls into half precision."""
     return torch.autocast(t.device.type, enabled=False)

@@ -85,6 +85,32 @@ def draw_hash_functions(
     return torch.randn((n_b, d, num_hash * tau), generator=generator, device=device)
 
 
+def generator_state(device: torch.device, generator: torch.Generator | None) -> Tensor | None:
+    """The state of the generator ``draw_hash_functions(..., device, generator)`` draws from (``generator``, else
+    the device's default one), from which ``redraw_hash_functions`` draws the same hash functions again: a few KB
+    where the draw has n_b * d * m * tau floats. None where no such generator exists."""
+    if generator is None:
+        generator = _default_generator(device)
+    return None if generator is None else generator.get_state()
+
+
+def _default_generator(device: torch.device) -> torch.Generator | None:
+    if device.type == "cpu":
+        return torch.default_generator
+    module = getattr(torch, device.type, None)
+    generators = getattr(module, "default_generators", ())
+    index = device.index if device.index is not None else module.current_device()
+    return generators[index] if index < len(generators) else None
+
+
+def redraw_hash_functions(state: Tensor, n_b: int, d: int, num_hash: int, tau: int, fast: bool,
+                          device: torch.device) -> Tensor:  # fmt: skip
+    """``draw_hash_functions``' draw again, from the generator state ``generator_state`` read before it."""
+    generator = torch.Generator(device=device)
+    generator.set_state(state)
+    return draw_hash_functions(n_b, d, num_hash, tau, fast, device, generator)
+
+
 PROJECTION_CHUNK_FLOATS = 2**22  # rows projected together: at most 16 MB of fp32 projections at a time
 
 

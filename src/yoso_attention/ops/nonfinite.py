@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import is_traced
 from .layout import per_row
 
 
@@ -29,7 +30,7 @@ def _all_finite(*tensors: torch.Tensor) -> bool:
     or Inf out; a finite tensor whose sum overflows fails too and takes the row-wise path, which is exact). This
     skips the row-wise path's dozen (B, n) temporaries per call, which split the free heap space that the model's
     activations reuse. False under tracing (no data-dependent branch in a graph) and off the CPU (no host sync)."""
-    if torch.compiler.is_compiling() or any(type(t) is not torch.Tensor or t.device.type != "cpu" for t in tensors):
+    if is_traced(*tensors) or any(t.device.type != "cpu" for t in tensors):
         return False
     return all(bool(torch.isfinite(t.detach().sum())) for t in tensors)
 

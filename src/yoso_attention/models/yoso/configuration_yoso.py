@@ -40,10 +40,10 @@ class YosoConfig(PreTrainedConfig):
             head dim >= hash_code_len after padding to a power of two).
         lsh_backward (`bool`, defaults to `True`): linear-time sampled gradients in sampling mode, else
             the dense YOSO-E gradients.
-        recompute_hash_codes (`bool`, defaults to `False`): with the sampled backward, keep each attention
-            call's hash functions instead of its codes and rehash q and k in backward (same gradients): 2 bytes
-            less per token, head and hash function, for one more hashing per layer and step. Not a transformers
-            field.
+        recompute_hash_codes (`bool`, defaults to `False`): with the sampled backward, keep the random
+            generator's state each attention call drew its hash functions from (under torch.compile the draw)
+            instead of its codes, and draw and hash q and k again in backward (same gradients): 2 bytes less per
+            token, head and hash function, for one more hashing per layer and step. Not a transformers field.
         pad_token_id (`int`, defaults to 1): id of the padding token.
         bos_token_id (`int`, defaults to 0): id of the first token.
         eos_token_id (`int`, defaults to 2): id of the separator / end token.
