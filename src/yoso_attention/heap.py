@@ -44,17 +44,24 @@ def memalign_shim_path() -> Path | None:
 
 
 def memalign_shim_preloaded() -> bool:
-    """Whether this process runs under the memalign shim."""
+    """Whether this process runs under the memalign shim: mapped into it (the loader skips a preload it cannot
+    load, with a warning), not only named in LD_PRELOAD."""
     shim = memalign_shim_path()
-    return shim is not None and str(shim) in os.environ.get("LD_PRELOAD", "").split(":")
+    if shim is None or str(shim) not in os.environ.get("LD_PRELOAD", "").split(":"):
+        return False
+    try:
+        return str(shim.resolve()) in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
 
 
 def shim_command(argv: list[str]) -> tuple[list[str], dict[str, str]] | None:
     """The command and environment that rerun ``yoso argv`` under the memalign shim, or None where it does not
-    apply: off glibc, shim not built, turned off (YOSO_MEMALIGN_SHIM=0), or another library already preloaded (the
-    shim frees through glibc: it must not sit on top of another allocator)."""
+    apply: off glibc, shim not built, turned off (YOSO_MEMALIGN_SHIM=0), another library already preloaded (the
+    shim frees through glibc: it must not sit on top of another allocator), or no interpreter path to rerun."""
     shim = memalign_shim_path()
-    if shim is None or libc() is None or os.environ.get(SHIM_ENV) == "0" or os.environ.get("LD_PRELOAD"):
+    off = os.environ.get(SHIM_ENV) == "0" or os.environ.get("LD_PRELOAD") or not sys.executable
+    if shim is None or libc() is None or off:
         return None
     return [sys.executable, "-m", "yoso_attention.cli", *argv], {**os.environ, "LD_PRELOAD": str(shim)}
 

@@ -120,6 +120,15 @@ def test_the_shim_applies_unless_turned_off_or_another_library_is_preloaded(monk
     monkeypatch.delenv(heap.SHIM_ENV)
     monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")  # the shim frees through glibc: never on top of another
     assert heap.shim_command(["train"]) is None and heap.memalign_shim_status().startswith("off")
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setattr(sys, "executable", "")  # an embedded interpreter: nothing to rerun
+    assert heap.shim_command(["train"]) is None
+
+
+def test_the_shim_counts_as_preloaded_only_where_it_is_mapped(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", str(heap.memalign_shim_path()))  # named, but this process did not load it
+    assert heap.memalign_shim_preloaded() is False
+    assert run_python("from yoso_attention import heap; print(heap.memalign_shim_preloaded())") == "True"
 
 
 @pytest.mark.slow
