@@ -115,6 +115,12 @@ BUGS = [
      "    q_codes, k_codes = hash_pair(q, k, hash_draw, num_hash, tau, fast)\n"
      "    out = new_rows(v, q.shape[-2], v.shape[-1])  # before the codes",
      "tests/ops/test_lsh.py -k allocated_before"),
+    ("recompute: the generator's state read after the draw",
+     "ops/lsh.py", "        state = generator_state(q32.device, generator) if redraw else None\n"
+     "        draw = draw_hash_functions(num_rows(q32), q32.shape[-1], *hashing, q32.device, generator)\n",
+     "        draw = draw_hash_functions(num_rows(q32), q32.shape[-1], *hashing, q32.device, generator)\n"
+     "        state = generator_state(q32.device, generator) if redraw else None\n",
+     "tests/ops/test_lsh.py -k recomputed"),
     ("heap: the shim hands torch's requests to glibc's memalign after all",
      "csrc/memalign_shim.c", "    char* raw = __libc_malloc(n + align + 16);",
      "    return __libc_memalign(align, n);\n    char* raw = __libc_malloc(n + align + 16);",
