@@ -70,10 +70,12 @@ def memalign_shim_status() -> str:
     """For `yoso info`: whether this process runs under the shim, and whether `yoso train` would."""
     if memalign_shim_preloaded():
         return "preloaded"
+    if libc() is None:
+        return "not used (not glibc)"
+    if memalign_shim_path() is None:
+        return "not built"
     if shim_command([]) is not None:
         return "yoso train preloads it"
-    if memalign_shim_path() is None or libc() is None:
-        return "not built" if libc() is not None else "not used (not glibc)"
     return f"off ({SHIM_ENV}=0 or another LD_PRELOAD)"
 
 
@@ -84,6 +86,7 @@ def run_under_memalign_shim(argv: list[str]) -> None:
     1024 tokens: 902 -> 676 MB softmax, 950 -> 679 MB sampled yoso; docs/studies.md)."""
     command = shim_command(argv)
     if command is not None:
+        args, env = command
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(command[0][0], command[0], command[1])
+        os.execve(args[0], args, env)

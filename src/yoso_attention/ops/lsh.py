@@ -50,8 +50,9 @@ def lsh_backward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, q_codes: Tensor 
                  hash_draw: Tensor | None, draw_state: Tensor | None, q_mask: Tensor, k_mask: Tensor, num_hash: int,
                  tau: int, fast: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """(dq, dk, dv) of ``lsh`` from the forward's codes, or (codes None) from codes rehashed under ``hash_draw`` (or,
-    without it, the draw made again from the generator state ``draw_state``), in linear time: dv is the cumulation with queries and keys swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i}
-    (dO_i . v_j) k^_j (and dk likewise) through the unit rows. q, k, v, dout: float32 rows of one layout
+    without it, the draw made again from the generator state ``draw_state``), in linear time: dv is the cumulation
+    with queries and keys swapped, dq_i = (tau/2)(1/m) sum_h sum_{j ~ i} (dO_i . v_j) k^_j (and dk likewise)
+    through the unit rows. q, k, v, dout: float32 rows of one layout
     (``layout``); the gradients come in that layout."""
     # The gradients first, the codes to rehash after them (see ``cumulate_rows``).
     dq, dk = (new_rows(x, x.shape[-2], x.shape[-1], zeros=True) for x in (q, k))
@@ -106,10 +107,12 @@ def _lsh_backward(ctx, grad, *_codes_grads):
         flat = expectation_backward(*(as_flat(t) for t in (q, k, v, grad)), q_mask, k_mask, tau, False)
         dq, dk, dv = (from_flat(g, x) for g, x in zip(flat, (q, k, v)))
     else:
-        if not ctx.recompute:
+        if not ctx.recompute:  # (q_codes, k_codes, hash_draw, draw_state)
             codes = (*codes_source, None, None)
-        else:  # the draw, or the generator state to draw it again from
-            codes = (None, None, *((None, *codes_source) if ctx.redraw else (*codes_source, None)))
+        elif ctx.redraw:
+            codes = (None, None, None, *codes_source)
+        else:
+            codes = (None, None, *codes_source, None)
         dq, dk, dv = lsh_backward(q, k, v, grad, *codes, q_mask, k_mask, *ctx.hashing)
     dq, dk, dv = poison_gradients((dq, dk, dv), q, k, v, q_mask, k_mask)
     return dq, dk, dv, *(None,) * 9
