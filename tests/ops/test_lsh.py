@@ -390,6 +390,14 @@ def test_recomputed_codes_from_the_global_generator_give_the_same_gradients():
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+def test_no_generator_state_where_the_device_has_no_default_generator():
+    """Then recompute_codes keeps the draw, as under tracing (meta tensors: no per-device generators)."""
+    from yoso_attention.ops.hashing import generator_state
+
+    assert generator_state(torch.device("meta"), None) is None
+    assert torch.equal(generator_state(torch.device("cpu"), None), torch.default_generator.get_state())
+
+
 def test_recompute_codes_keeps_the_codes_when_they_are_smaller_than_the_generator_state():
     q, k, v = (torch.randn(2, 50, 16, requires_grad=True) for _ in range(3))
     with kept_for_backward() as saved:

@@ -99,6 +99,8 @@ def _default_generator(device: torch.device) -> torch.Generator | None:
         return torch.default_generator
     module = getattr(torch, device.type, None)
     generators = getattr(module, "default_generators", ())
+    if not generators:  # meta, and backends without per-device generators: the backward keeps the draw
+        return None
     index = device.index if device.index is not None else module.current_device()
     return generators[index] if index < len(generators) else None
 
