@@ -102,6 +102,58 @@ def test_weighted_kernels_match_the_dense_formula(kernel, codes, kernel_set):
     assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
 
 
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 5])
+@pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
+                                                                                                   "query_major"])
+def test_compiled_weighted_kernels_gather_interleaved_heads_on_any_number_of_threads(kernel, threads):
+    """Rows (batch 1, n, heads 2, width), as models pass them: each head is gathered into scratch that the calling
+    thread made for every thread before the parallel region; one thread, or more threads than rows, gives the
+    dense formula."""
+    from yoso_attention.ops.backend import cpu_kernels, use_kernels
+
+    x, _, dq_want, dk_want = weighted_sums_case("crowded")
+    as_heads = lambda t: t.transpose(0, 1)[None].contiguous()  # (B = heads, n, width) -> (1, n, heads, width)
+    dq, dk = torch.zeros(1, 37, 2, 5), torch.zeros(1, 53, 2, 5)
+    rows = [as_heads(x[name]) for name in ("q", "k", "v", "dout")]
+    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), *rows[:2],
+                                  x["q_scale"], x["k_scale"], *rows[2:], x["q_mask"], x["k_mask"])]  # fmt: skip
+    with use_kernels("compiled"), torch_threads(threads):
+        getattr(cpu_kernels(x["v"]), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
+    assert rel_err(dq, as_heads(dq_want)) < 1e-6 and rel_err(dk, as_heads(dk_want)) < 1e-6
+
+
+@pytest.mark.parametrize("fast_hash", [True, False], ids=["fast", "gauss"])
+def test_compiled_kernels_give_the_same_bits_on_any_number_of_threads(fast_hash):
+    """A row is one thread's work with the scratch the calling thread made for it: on 1, 2 or 7 threads (more than
+    the rows) the sampled op's and YOSO-E's outputs and gradients are the same bits."""
+    from yoso_attention.ops.backend import use_kernels
+
+    q, k, v = (torch.randn(2, 3, 45, 16) for _ in range(3))
+    mask, grad = torch.rand(2, 1, 45) > 0.2, torch.randn(2, 3, 45, 16)
+    ops = [lambda *x: yoso_lsh(*x, mask, num_hash=5, hash_code_len=6, fast_hash=fast_hash, generator=gen(3)),
+           lambda *x: yoso_expectation(*x, mask, hash_code_len=6)]  # fmt: skip
+
+    def results(threads):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        with use_kernels("compiled"), torch_threads(threads):
+            outs = [op(*inputs) for op in ops]
+            return [t for out in outs for t in (out, *torch.autograd.grad(out, inputs, grad))]
+
+    one = results(1)
+    for threads in (2, 7):
+        assert all(torch.equal(a, b) for a, b in zip(one, results(threads)))
+
+
 @pytest.mark.parametrize("codes", ["random", "crowded"])
 @pytest.mark.parametrize("form", ["pairs", "tables"])
 def test_torch_path_forms_match_the_dense_formula(monkeypatch, form, codes):

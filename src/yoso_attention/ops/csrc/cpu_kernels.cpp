@@ -5,13 +5,16 @@
 //
 // Arrays are C-contiguous: rows (batch, n, heads, width) float32, codes (B, m, n) of type C (uint8, int16 or
 // int32, by tau), masks (B, n) of bytes, B = batch * heads with row b = [b / heads, :, b % heads]. Every kernel
-// is parallel over B (or B x blocks) with its scratch allocated once per thread. Built with reassociation
+// is parallel over B (or B x blocks) with its scratch allocated once per thread, by the calling thread (per_thread).
+// Built with reassociation
 // allowed (vectorised sums) but without -ffinite-math-only: NaN and inf keep their IEEE meaning.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include <omp.h>
 
 #ifdef _WIN32
 #define YOSO_EXPORT extern "C" __declspec(dllexport)
@@ -28,6 +31,18 @@ constexpr double PI = 3.14159265358979323846;
 constexpr i64 HASH_BLOCK = 64;  // rows of x hashed together: a block of x (d x 64 floats) stays in L1 up to d = 128
 constexpr float ACOS[8] = {1.5707963050f, -0.2145988016f, 0.0889789874f, -0.0501743046f,
                            0.0308918810f, -0.0170881256f, 0.0066700901f, -0.0012624911f};
+
+// Each thread's scratch, made by the calling thread before the parallel region (thread t takes element
+// omp_get_thread_num()): glibc serves a worker thread's allocations from an arena of its own, which keeps its pages
+// after the kernel returns, while the calling thread's come from the main heap, where they can reuse the holes freed
+// tensors leave.
+template <typename Make>
+auto per_thread(int threads, Make make) {
+    std::vector<decltype(make())> scratch;
+    scratch.reserve(std::max(threads, 1));
+    for (int t = 0; t < std::max(threads, 1); ++t) scratch.push_back(make());
+    return scratch;
+}
 
 // ---------------------------------------------------------------- hashing
 
@@ -122,24 +137,33 @@ Block transposed_block(const float* x, i64 n, i64 heads, i64 d, i64 t, i64 n_blo
     return {b, i0, cnt};
 }
 
+// A hashing thread's block of rows transposed (x_rows x HASH_BLOCK, zeroed), its projections (buf_rows x
+// HASH_BLOCK), the projection matrix it holds (w_size floats, zeroed) and a block of codes.
+struct HashScratch {
+    std::vector<float> x_t, buf, w;
+    std::vector<int32_t> acc;
+    HashScratch(i64 x_rows, i64 buf_rows, i64 w_size)
+        : x_t(x_rows * HASH_BLOCK, 0.0f), buf(buf_rows * HASH_BLOCK), w(w_size, 0.0f), acc(HASH_BLOCK) {}
+};
+
 template <typename C>
 void fast_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, const float* signs, i64 parts, i64 d_pad,
                      i64 num_hash, i64 tau, C* codes, int threads) {
     const i64 n_b = batch * heads, per_part = d_pad / tau, n_blocks = (n + HASH_BLOCK - 1) / HASH_BLOCK;
+    auto scratch = per_thread(threads, [&] { return HashScratch(d_pad, d_pad, 0); });  // x_t's rows d.. stay zero
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> x_t(d_pad * HASH_BLOCK, 0.0f), buf(d_pad * HASH_BLOCK);  // x_t's rows d.. stay zero
-        std::vector<int32_t> acc(HASH_BLOCK);
+        HashScratch& s = scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_blocks; ++t) {
-            const auto [b, i0, cnt] = transposed_block(x, n, heads, d, t, n_blocks, x_t.data());
+            const auto [b, i0, cnt] = transposed_block(x, n, heads, d, t, n_blocks, s.x_t.data());
             for (i64 p = 0; p < parts; ++p) {
                 const i64 h0 = p * per_part, n_here = std::min(per_part, num_hash - h0);
-                hadamard3(x_t.data(), signs + (b * parts + p) * 3 * d_pad, d_pad, cnt, buf.data());
+                hadamard3(s.x_t.data(), signs + (b * parts + p) * 3 * d_pad, d_pad, cnt, s.buf.data());
                 for (i64 g = 0; g < n_here; ++g) {
-                    sign_code(buf.data(), g * tau, tau, cnt, acc.data());
+                    sign_code(s.buf.data(), g * tau, tau, cnt, s.acc.data());
                     C* out = codes + (b * num_hash + h0 + g) * n + i0;
-                    for (i64 i = 0; i < cnt; ++i) out[i] = C(acc[i]);
+                    for (i64 i = 0; i < cnt; ++i) out[i] = C(s.acc[i]);
                 }
             }
         }
@@ -174,24 +198,24 @@ void gaussian_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, con
                          i64 tau, C* codes, int threads) {
     const i64 n_b = batch * heads, n_blocks = (n + HASH_BLOCK - 1) / HASH_BLOCK;
     const i64 width = num_hash * tau, width_pad = (width + 7) / 8 * 8;
+    auto scratch = per_thread(threads, [&] { return HashScratch(d, width_pad, d * width_pad); });
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> x_t(d * HASH_BLOCK, 0.0f), buf(width_pad * HASH_BLOCK), w(d * width_pad, 0.0f);
-        std::vector<int32_t> acc(HASH_BLOCK);
-        i64 w_of = -1;  // the row b whose draw w holds
+        HashScratch& s = scratch[omp_get_thread_num()];
+        i64 w_of = -1;  // the row b whose draw s.w holds
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_blocks; ++t) {
-            const auto [b, i0, cnt] = transposed_block(x, n, heads, d, t, n_blocks, x_t.data());
+            const auto [b, i0, cnt] = transposed_block(x, n, heads, d, t, n_blocks, s.x_t.data());
             if (w_of != b) {
                 for (i64 c = 0; c < d; ++c)
-                    std::memcpy(w.data() + c * width_pad, draws + (b * d + c) * width, width * sizeof(float));
+                    std::memcpy(s.w.data() + c * width_pad, draws + (b * d + c) * width, width * sizeof(float));
                 w_of = b;
             }
-            project_block(x_t.data(), d, w.data(), width_pad, buf.data());
+            project_block(s.x_t.data(), d, s.w.data(), width_pad, s.buf.data());
             for (i64 g = 0; g < num_hash; ++g) {
-                sign_code(buf.data(), g * tau, tau, cnt, acc.data());
+                sign_code(s.buf.data(), g * tau, tau, cnt, s.acc.data());
                 C* out = codes + (b * num_hash + g) * n + i0;
-                for (i64 i = 0; i < cnt; ++i) out[i] = C(acc[i]);
+                for (i64 i = 0; i < cnt; ++i) out[i] = C(s.acc[i]);
             }
         }
     }
@@ -200,7 +224,8 @@ void gaussian_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, con
 // ---------------------------------------------------------------- rows of one (batch x head)
 
 // Row b's (n, width) rows, contiguous: a pointer into x for heads = 1, else gathered into scratch (see
-// kernels_numba._head_rows for why kernels that revisit rows work on such copies).
+// kernels_numba._head_rows for why kernels that revisit rows work on such copies). head_scratch sizes scratch
+// beforehand, so that a worker thread allocates nothing.
 const float* head_rows(const float* x, i64 n, i64 heads, i64 width, i64 b, std::vector<float>& scratch) {
     if (heads == 1) return x + b * n * width;
     const i64 row_batch = b / heads, head = b % heads;
@@ -216,6 +241,8 @@ float* head_out(float* x, i64 n, i64 heads, i64 width, i64 b, std::vector<float>
     scratch.assign(n * width, 0.0f);
     return scratch.data();
 }
+
+std::vector<float> head_scratch(i64 n, i64 heads, i64 width) { return std::vector<float>(heads == 1 ? 0 : n * width); }
 
 void scatter_head(const float* rows, float* x, i64 n, i64 heads, i64 width, i64 b) {
     if (heads == 1) return;
@@ -233,9 +260,16 @@ void lsh_cumulation(const C* q_codes, const C* k_codes, i64 n_b, i64 m, i64 n_q,
                     i64 dv, const u8* q_mask, const u8* k_mask, i64 n_buckets, float* out, int threads) {
     const float scale = 1.0f / float(m);
     const i64 key_scratch = n_buckets, query_scratch = n_buckets + 1, rows = n_buckets + 2;
+    struct CumulationScratch {
+        std::vector<float> v, tables, acc;
+    };
+    auto scratch = per_thread(threads, [&] {
+        return CumulationScratch{head_scratch(n_k, heads, dv), std::vector<float>(2 * rows * dv),
+                                 std::vector<float>(n_q * dv)};
+    });
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> v_scratch, tables(2 * rows * dv), acc(n_q * dv);
+        auto& [v_scratch, tables, acc] = scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (i64 b = 0; b < n_b; ++b) {
             const float* vb = head_rows(v, n_k, heads, dv, b, v_scratch);
@@ -355,8 +389,10 @@ inline void pair_update(const HeadRows& r, i64 i, i64 j, float* acc_q) {
 struct Scratch {
     std::vector<float> q, k, v, dout, dq, dk, a_mat, b_mat, acc;
     std::vector<i64> q_start, k_start, fill, q_order, k_order;
-    Scratch(i64 n_q, i64 n_k, i64 d, i64 dv, i64 n_buckets)
-        : a_mat(d * dv), b_mat(d * dv), acc(d), q_start(n_buckets + 1), k_start(n_buckets + 1), fill(n_buckets),
+    Scratch(i64 n_q, i64 n_k, i64 heads, i64 d, i64 dv, i64 n_buckets)
+        : q(head_scratch(n_q, heads, d)), k(head_scratch(n_k, heads, d)), v(head_scratch(n_k, heads, dv)),
+          dout(head_scratch(n_q, heads, dv)), dq(head_scratch(n_q, heads, d)), dk(head_scratch(n_k, heads, d)),
+          a_mat(d * dv), b_mat(d * dv), acc(d), q_start(n_buckets + 1), k_start(n_buckets + 1), fill(n_buckets),
           q_order(n_q), k_order(n_k) {}
 };
 
@@ -389,9 +425,10 @@ void lsh_weighted_backward(const C* q_codes, const C* k_codes, i64 n_b, i64 m, i
                            const float* k, const float* q_inv, const float* k_inv, const float* v,
                            const float* dout, i64 heads, i64 d, i64 dv, const u8* q_mask, const u8* k_mask,
                            i64 n_buckets, float* dq, float* dk, int threads) {
+    auto scratch = per_thread(threads, [&] { return Scratch(n_q, n_k, heads, d, dv, n_buckets); });
 #pragma omp parallel num_threads(threads)
     {
-        Scratch s(n_q, n_k, d, dv, n_buckets);
+        Scratch& s = scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (i64 b = 0; b < n_b; ++b) {
             const HeadRows r = gather_rows(q, k, v, dout, q_inv, k_inv, dq, dk, n_q, n_k, heads, d, dv, b, s);
@@ -421,11 +458,19 @@ void lsh_weighted_backward_sparse(const C* q_codes, const C* k_codes, i64 n_b, i
                                   const float* v, const float* dout, i64 heads, i64 d, i64 dv, const u8* q_mask,
                                   const u8* k_mask, i64 n_buckets, float* dq, float* dk, int threads) {
     const i64 min_crowd = 2 * d * dv / (dv + 2 * d);  // no bucket of at most this many keys is crowded
+    struct SparseScratch {
+        Scratch rows;
+        std::vector<int32_t> first, count, next, q_count;
+        std::vector<u8> has_crowded;
+    };
+    auto scratch = per_thread(threads, [&] {
+        return SparseScratch{Scratch(n_q, n_k, heads, d, dv, n_buckets), std::vector<int32_t>(m * n_buckets),
+                             std::vector<int32_t>(m * n_buckets), std::vector<int32_t>(m * n_k),
+                             std::vector<int32_t>(n_buckets), std::vector<u8>(m)};
+    });
 #pragma omp parallel num_threads(threads)
     {
-        Scratch s(n_q, n_k, d, dv, n_buckets);
-        std::vector<int32_t> first(m * n_buckets), count(m * n_buckets), next(m * n_k), q_count(n_buckets);
-        std::vector<u8> has_crowded(m);
+        auto& [s, first, count, next, q_count, has_crowded] = scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (i64 b = 0; b < n_b; ++b) {
             const HeadRows r = gather_rows(q, k, v, dout, q_inv, k_inv, dq, dk, n_q, n_k, heads, d, dv, b, s);
@@ -546,9 +591,10 @@ YOSO_FOR_CODES(YOSO_CODE_KERNELS)
 
 // In place: cos (B, L, S) -> k_mask * (1 - acos(clamp(cos)) / pi) ** tau; k_mask float (B, S).
 YOSO_EXPORT void collision_prob(float* cos, const float* k_mask, i64 n_b, i64 n_l, i64 n_s, i64 tau, int threads) {
+    auto scratch = per_thread(threads, [&] { return std::vector<float>(n_s); });
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> base(n_s);
+        std::vector<float>& base = scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_l; ++t) {
             float* row = cos + t * n_s;
@@ -564,16 +610,18 @@ YOSO_EXPORT void collision_prob(float* cos, const float* k_mask, i64 n_b, i64 n_
 YOSO_EXPORT void collision_prob_and_weight(float* cos, float* dov, const float* k_mask, i64 n_b, i64 n_l, i64 n_s,
                                            i64 tau, int exact, float eps, int threads) {
     const float half_tau = float(tau) / 2.0f;
+    auto scratch = per_thread(threads, [&] { return std::vector<float>(2 * n_s); });
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> base(n_s), low(n_s);
+        float* base = scratch[omp_get_thread_num()].data();
+        float* low = base + n_s;
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_l; ++t) {
             float* row = cos + t * n_s;
             float* w = dov + t * n_s;
             const float* km = k_mask + (t / n_l) * n_s;
-            prob_base_row(row, n_s, base.data());
-            pow_row(base.data(), n_s, tau - 1, low.data());
+            prob_base_row(row, n_s, base);
+            pow_row(base, n_s, tau - 1, low);
             if (exact) {
                 for (i64 j = 0; j < n_s; ++j) {
                     const float c = std::min(std::max(row[j], -1.0f + eps), 1.0f - eps);
