@@ -104,8 +104,9 @@ long heap_trace_dump(const char* path) {
 
 #ifdef HEAP_TRACE_REPLAY
 // records: ids from 1 .. max_id (heap_trace.py numbers them); out[0]: most heap held, out[1]: most bytes in use,
-// both over the replay and beyond what was held or in use when it began.
-int heap_trace_replay(const Rec* records, long n, long max_id, double* out) {
+// both over the replay and beyond what was held or in use when it began, out[2]: the record at which the most was
+// held; addrs (or NULL): each allocation's address, by record.
+int heap_trace_replay(const Rec* records, long n, long max_id, double* out, uint64_t* addrs) {
     void** ptr = calloc((size_t)max_id + 1, sizeof(void*));
     if (!ptr) return -1;
     struct mallinfo2 start = mallinfo2();
@@ -123,13 +124,17 @@ int heap_trace_replay(const Rec* records, long n, long max_id, double* out) {
             if (!p) return -2;
             for (int64_t o = 0; o < r.bytes; o += 4096) ((volatile char*)p)[o] = 1;  // resident, as a tensor is
             ptr[r.addr] = p;
+            if (addrs) addrs[i] = (uint64_t)p;
         } else if (ptr[r.addr]) {
             free(ptr[r.addr]);
             ptr[r.addr] = NULL;
         }
         if ((i & 15) == 0 || r.bytes >= 65536) {
             struct mallinfo2 m = mallinfo2();
-            if ((double)(m.arena + m.hblkhd) - held0 > held) held = (double)(m.arena + m.hblkhd) - held0;
+            if ((double)(m.arena + m.hblkhd) - held0 > held) {
+                held = (double)(m.arena + m.hblkhd) - held0;
+                out[2] = (double)i;
+            }
             if ((double)(m.uordblks + m.hblkhd) - used0 > used) used = (double)(m.uordblks + m.hblkhd) - used0;
         }
     }

@@ -15,6 +15,8 @@ allocation sequence would do (docs/studies.md, "Where the resident gap comes fro
     # and only the allocations of >= 1 MB (the tensors; their replays vary by a few MB, not tens):
     .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 3 --unaligned
     .venv/bin/python benchmarks/heap_trace.py replay runs/heap/yoso.trace --runs 3 --drop-small 1048575
+    # the gaps in the heap where it held the most, and what had filled each (the tensors, as the shim makes them):
+    .venv/bin/python benchmarks/heap_trace.py holes runs/heap/yoso.trace
 
 Identical replays differ by tens of MB (the heap the interpreter starts from is not the same twice): compare means
 over several runs. Records are (address or id, bytes (-1: free), thread, alignment), 24 bytes each.
@@ -107,28 +109,68 @@ def unaligned(trace: np.ndarray) -> np.ndarray:
     return out
 
 
-def replay_once(path: Path, max_bytes: int | None, lived: str, sizes: list[int], plain: bool) -> dict:
+def edited(path: Path, max_bytes: int | None, lived: str, sizes: list[int], plain: bool) -> np.ndarray:
     trace = with_ids(np.fromfile(path, dtype=RECORD))
     if max_bytes is not None:
         trace = drop_small(trace, max_bytes, lived)
     if sizes:
         trace = drop_sizes(trace, sizes)
-    if plain:
-        trace = unaligned(trace)
-    trace = np.ascontiguousarray(trace)
+    return np.ascontiguousarray(unaligned(trace) if plain else trace)
+
+
+def replay(trace: np.ndarray, addrs: np.ndarray | None = None) -> tuple[float, float, int]:
+    """Replay in this process: (most heap held, most bytes in use, the record at the most held); addrs (uint64,
+    one per record) receives each allocation's address."""
     import torch  # noqa: F401  (the heap a training process starts from)
     import yoso_attention.training.loop  # noqa: F401
 
     replayer = ctypes.CDLL(str(library("replay")))
-    result = (ctypes.c_double * 2)()
+    result = (ctypes.c_double * 3)()
+    where = None if addrs is None else addrs.ctypes.data_as(ctypes.c_void_p)
     status = replayer.heap_trace_replay(trace.ctypes.data_as(ctypes.c_void_p), ctypes.c_long(len(trace)),
-                                        ctypes.c_long(int(trace["addr"].max())), result)  # fmt: skip
+                                        ctypes.c_long(int(trace["addr"].max())), result, where)  # fmt: skip
     if status != 0:
         raise SystemExit(f"replay failed ({status})")
+    return result[0], result[1], int(result[2])
+
+
+def replay_once(path: Path, max_bytes: int | None, lived: str, sizes: list[int], plain: bool) -> dict:
+    held, in_use, _ = replay(edited(path, max_bytes, lived, sizes, plain))
     hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     return {"trace": str(path), "drop_small": max_bytes, "lived": lived if max_bytes is not None else None,
-            "drop_sizes": sizes or None, "unaligned": plain, "heap_mb": round(result[0] / 2**20, 1), "in_use_mb": round(result[1] / 2**20, 1),
+            "drop_sizes": sizes or None, "unaligned": plain, "heap_mb": round(held / 2**20, 1), "in_use_mb": round(in_use / 2**20, 1),
             "vm_hwm_mb": round(hwm / 1024, 1)}  # fmt: skip
+
+
+def holes(path: Path, min_mb: float) -> None:
+    """Replay the trace's tensors (allocations of >= 1 MB, made as the memalign shim makes them) and print the gaps
+    of at least min_mb between the chunks alive when the most heap was held, each with the chunks that had filled
+    it and the one that bounds it from above: why a freed tensor's space was not reused."""
+    trace = edited(path, BIG - 1, "all", [], True)
+    addrs = np.zeros(len(trace), dtype=np.uint64)
+    held, _, peak = replay(trace, addrs)
+    ids, sizes, tids = trace["addr"].tolist(), trace["bytes"].tolist(), trace["tid"].tolist()
+    born: dict[int, int] = {}
+    chunks = []  # (address, bytes, allocated at record, freed at record)
+    for i, (ident, size) in enumerate(zip(ids, sizes)):
+        if size > 0:
+            born[ident] = i
+        elif ident in born:
+            b = born.pop(ident)
+            chunks.append((int(addrs[b]), sizes[b], b, i))
+    chunks += [(int(addrs[b]), sizes[b], b, len(trace)) for b in born.values()]
+    alive = sorted(c for c in chunks if c[2] <= peak < c[3])
+    base, mb = alive[0][0], 2**20
+    print(f"{path}: {held / mb:.1f} MB of heap held at record {peak} of {len(trace)}, "
+          f"{sum(c[1] for c in alive) / mb:.1f} MB of tensors alive there")
+    end = base
+    for addr, size, b, d in alive:
+        if addr - end >= min_mb * mb:
+            print(f"gap {(end - base) / mb:.1f}-{(addr - base) / mb:.1f} MB ({(addr - end) / mb:.2f} MB), under "
+                  f"{size} bytes allocated at record {b} by thread {tids[b]}, freed at {d}; filled before by:")
+            for a2, s2, b2, d2 in sorted(c for c in chunks if c[3] <= peak and c[0] < addr and c[0] + c[1] > end):
+                print(f"    {s2} bytes at {(a2 - base) / mb:.1f} MB, records {b2}-{d2}")
+        end = max(end, addr + size)
 
 
 def main(argv: list[str]) -> None:
@@ -148,9 +190,14 @@ def main(argv: list[str]) -> None:
     rep.add_argument("--unaligned", action="store_true",
                      help="aligned allocations as plain mallocs of their size + alignment + 16 (as the shim makes)")
     rep.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # one replay, in this process
+    gaps = sub.add_parser("holes", help="replay a trace's tensors once and show the heap's gaps at its peak")
+    gaps.add_argument("trace", type=Path)
+    gaps.add_argument("--min-mb", type=float, default=1.0)
     args = parser.parse_args(argv)
     if args.command == "record":
         record(args.out, args.yoso_args[1:] if args.yoso_args[:1] == ["--"] else args.yoso_args)
+    elif args.command == "holes":
+        holes(args.trace, args.min_mb)
     elif args.once:
         print(json.dumps(replay_once(args.trace, args.drop_small, args.lived, args.drop_sizes, args.unaligned)),
               flush=True)  # fmt: skip

@@ -13,6 +13,7 @@ import ctypes.util
 import functools
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -90,3 +91,31 @@ def run_under_memalign_shim(argv: list[str]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(args[0], args, env)
+
+
+MATMUL_BUFFER_ROWS = 8192  # rows beyond which MKL's GEMM buffers stopped growing (measured up to 768 x 3072 weights)
+
+
+def reserve_matmul_buffers(weight_shapes: Iterable[tuple[int, int]], rows: int) -> None:
+    """Make, before training allocates anything per step, the buffers that torch's CPU matrix products keep.
+
+    torch's x86 builds multiply through MKL, whose memory manager keeps buffers of a few MB per thread, made at
+    the first product of each kind and size and never freed. Made inside a run's first step they land between its
+    activations and keep freed ones from merging (at 4096 tokens, one 8 MB hole that put sampled yoso's resident
+    peak 7 MB above softmax's, decided by which product ran first; docs/studies.md). This runs, once, the three
+    products of training with every (out_features, in_features) weight shape, x W^T + b (forward), g W (input
+    gradient) and g^T x (weight gradient), on min(rows, MATMUL_BUFFER_ROWS) rows of zeros, largest shapes first:
+    smaller products then reuse their buffers (MQAR's weights: 21 MB kept in all, where ascending order kept 45
+    and a training step's own order 30). Elsewhere (other BLAS libraries) it costs a few products, no memory.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows = max(1, min(rows, MATMUL_BUFFER_ROWS))
+    with torch.no_grad():
+        for d_out, d_in in sorted(set(weight_shapes), reverse=True):
+            x, g = torch.zeros(rows, d_in), torch.zeros(rows, d_out)
+            w, b = torch.zeros(d_out, d_in), torch.zeros(d_out)
+            F.linear(x, w, b)
+            torch.mm(g, w)
+            torch.mm(g.t(), x)

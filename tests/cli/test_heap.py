@@ -146,3 +146,63 @@ def test_yoso_train_from_the_command_line_runs_under_the_shim(tmp_path):
                               capture_output=True, text=True, timeout=600)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads((out / "summary.json").read_text())["memalign_shim"] is expected
+
+
+MATMULS = """
+import ctypes, torch
+from yoso_attention import heap
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+mallinfo2 = heap.libc().mallinfo2
+mallinfo2.restype = Info
+
+def allocated():
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+def kept_by_a_step(shapes, rows):
+    # bytes that still stand allocated after a training step's three products per weight, their results freed
+    tensors = [(torch.randn(rows, d_in), torch.randn(rows, d_out), torch.randn(d_out, d_in), torch.randn(d_out))
+               for d_out, d_in in shapes]
+    before = allocated()
+    for x, g, w, b in tensors:
+        torch.nn.functional.linear(x, w, b).sum(); (g @ w).sum(); (g.t() @ x).sum()
+    return allocated() - before
+"""
+
+
+def test_matmul_buffers_reserved_before_training_leave_a_step_nothing_to_keep():
+    """torch's x86 builds multiply through MKL, which keeps per-thread buffers made at the first product of each kind;
+    the training loop reserves them first (heap.reserve_matmul_buffers). Reserved, a step's products (forward,
+    input gradient, weight gradient of each weight) keep nothing; unreserved, where MKL multiplies, they keep MBs.
+    Fresh interpreters: the buffers live as long as the process."""
+    shapes = "[(128, 64), (64, 128), (127, 64)]"
+    reserved = run_python(MATMULS + f"heap.reserve_matmul_buffers({shapes}, 4096)\n"
+                          f"print(kept_by_a_step({shapes}, 4096))", shim=False)  # fmt: skip
+    assert int(reserved) < 2**20
+    unreserved = run_python(MATMULS + f"print(torch.backends.mkl.is_available(), kept_by_a_step({shapes}, 4096))",
+                            shim=False)  # fmt: skip
+    mkl, kept = unreserved.split()
+    assert mkl == "False" or int(kept) > 4 * 2**20
+
+
+def test_the_training_loop_reserves_matmul_buffers_for_the_models_weights_before_its_first_step(tmp_path, monkeypatch):
+    import torch
+
+    from yoso_attention.cli import main
+    from yoso_attention.training import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "reserve_matmul_buffers", lambda shapes, rows: calls.append((set(shapes), rows)))
+    forward = loop.YosoForTokenClassification.forward
+    monkeypatch.setattr(loop.YosoForTokenClassification, "forward",
+                        lambda model, **k: calls.append(model) or forward(model, **k))  # fmt: skip
+    main(["train", "--task", "mqar", "--max-length", "32", "--mqar-pairs", "4", "--mqar-vocab-size", "64",
+          "--train-examples", "16", "--eval-examples", "8", "--test-examples", "8", "--hidden-size", "16",
+          "--intermediate-size", "24", "--num-layers", "1", "--num-heads", "2", "--batch-size", "4", "--max-steps", "1",
+          "--eval-every", "1", "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run")])  # fmt: skip
+    (shapes, rows), model = calls[:2]  # reserved, then the first step's forward
+    linears = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert shapes == linears and {(16, 16), (24, 16), (16, 24)} < linears and rows == 4 * 32

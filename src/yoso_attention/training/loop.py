@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..heap import memalign_shim_preloaded, release_free_heap
+from ..heap import memalign_shim_preloaded, release_free_heap, reserve_matmul_buffers
 from ..hub import local_dir
 from ..ops.hashing import padded_dim
 from ..models.yoso import YosoConfig, YosoForMaskedLM, YosoForSequenceClassification, YosoForTokenClassification
@@ -304,6 +304,9 @@ def _train_in_group(args: TrainArgs, rank: int, world: int, device: torch.device
         if world > 1:
             dist.barrier()
 
+    if device.type == "cpu":  # before any step's activations (heap.py)
+        weights = (tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear))
+        reserve_matmul_buffers(weights, args.batch_size * args.max_length)
     model.train()
     set_attention_for_step(model, args, step)
     train_split, eval_baselines = splits["train"], splits["eval"].baselines()
