@@ -109,13 +109,22 @@ def reserve_matmul_buffers(weight_shapes: Iterable[tuple[int, int]], rows: int) 
     and a training step's own order 30). Elsewhere (other BLAS libraries) it costs a few products, no memory.
     """
     import torch
-    import torch.nn.functional as F
 
     rows = max(1, min(rows, MATMUL_BUFFER_ROWS))
     with torch.no_grad():
         for d_out, d_in in sorted(set(weight_shapes), reverse=True):
-            x, g = torch.zeros(rows, d_in), torch.zeros(rows, d_out)
-            w, b = torch.zeros(d_out, d_in), torch.zeros(d_out)
-            F.linear(x, w, b)
-            torch.mm(g, w)
-            torch.mm(g.t(), x)
+            x, g, w, b = (_mapped_zeros(*shape) for shape in ((rows, d_in), (rows, d_out), (d_out, d_in), (d_out,)))
+            torch.addmm(b, x, w.t(), out=_mapped_zeros(rows, d_out))  # F.linear's forward
+            torch.mm(g, w, out=_mapped_zeros(rows, d_in))
+            torch.mm(g.t(), x, out=_mapped_zeros(d_out, d_in))
+
+
+def _mapped_zeros(*shape: int):
+    """A float32 tensor of zeros on pages mapped for it (unmapped when it is freed): never in the heap, so that
+    the buffers made beside it land where nothing else will be freed."""
+    import math
+    import mmap
+
+    import torch
+
+    return torch.frombuffer(mmap.mmap(-1, 4 * math.prod(shape)), dtype=torch.float32).view(shape)
