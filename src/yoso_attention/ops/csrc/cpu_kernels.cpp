@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include <omp.h>
@@ -31,6 +32,28 @@ constexpr double PI = 3.14159265358979323846;
 constexpr i64 HASH_BLOCK = 64;  // rows of x hashed together: a block of x (d x 64 floats) stays in L1 up to d = 128
 constexpr float ACOS[8] = {1.5707963050f, -0.2145988016f, 0.0889789874f, -0.0501743046f,
                            0.0308918810f, -0.0170881256f, 0.0066700901f, -0.0012624911f};
+
+// Storage on whole cache lines of its own: the scratch of different threads, all made by one thread (per_thread),
+// never shares a line that both write.
+template <typename T>
+struct LineAllocator {
+    using value_type = T;
+    static constexpr std::size_t LINE = 64;
+    LineAllocator() = default;
+    template <typename U>
+    LineAllocator(const LineAllocator<U>&) {}
+    T* allocate(std::size_t n) {
+        const std::size_t bytes = (n * sizeof(T) + LINE - 1) / LINE * LINE;
+        return static_cast<T*>(::operator new(bytes, std::align_val_t(LINE)));
+    }
+    void deallocate(T* p, std::size_t) { ::operator delete(p, std::align_val_t(LINE)); }
+    template <typename U>
+    bool operator==(const LineAllocator<U>&) const { return true; }
+    template <typename U>
+    bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+template <typename T>
+using buffer = std::vector<T, LineAllocator<T>>;
 
 // Each thread's scratch, made by the calling thread before the parallel region (thread t takes element
 // omp_get_thread_num()): glibc serves a worker thread's allocations from an arena of its own, which keeps its pages
@@ -140,8 +163,8 @@ Block transposed_block(const float* x, i64 n, i64 heads, i64 d, i64 t, i64 n_blo
 // A hashing thread's block of rows transposed (x_rows x HASH_BLOCK, zeroed), its projections (buf_rows x
 // HASH_BLOCK), the projection matrix it holds (w_size floats, zeroed) and a block of codes.
 struct HashScratch {
-    std::vector<float> x_t, buf, w;
-    std::vector<int32_t> acc;
+    buffer<float> x_t, buf, w;
+    buffer<int32_t> acc;
     HashScratch(i64 x_rows, i64 buf_rows, i64 w_size)
         : x_t(x_rows * HASH_BLOCK, 0.0f), buf(buf_rows * HASH_BLOCK), w(w_size, 0.0f), acc(HASH_BLOCK) {}
 };
@@ -226,7 +249,7 @@ void gaussian_hash_codes(const float* x, i64 batch, i64 n, i64 heads, i64 d, con
 // Row b's (n, width) rows, contiguous: a pointer into x for heads = 1, else gathered into scratch (see
 // kernels_numba._head_rows for why kernels that revisit rows work on such copies). head_scratch sizes scratch
 // beforehand, so that a worker thread allocates nothing.
-const float* head_rows(const float* x, i64 n, i64 heads, i64 width, i64 b, std::vector<float>& scratch) {
+const float* head_rows(const float* x, i64 n, i64 heads, i64 width, i64 b, buffer<float>& scratch) {
     if (heads == 1) return x + b * n * width;
     const i64 row_batch = b / heads, head = b % heads;
     scratch.resize(n * width);
@@ -236,13 +259,13 @@ const float* head_rows(const float* x, i64 n, i64 heads, i64 width, i64 b, std::
 }
 
 // Row b's rows to accumulate into: x's own (zeroed by the caller) for heads = 1, else zeroed scratch.
-float* head_out(float* x, i64 n, i64 heads, i64 width, i64 b, std::vector<float>& scratch) {
+float* head_out(float* x, i64 n, i64 heads, i64 width, i64 b, buffer<float>& scratch) {
     if (heads == 1) return x + b * n * width;
     scratch.assign(n * width, 0.0f);
     return scratch.data();
 }
 
-std::vector<float> head_scratch(i64 n, i64 heads, i64 width) { return std::vector<float>(heads == 1 ? 0 : n * width); }
+buffer<float> head_scratch(i64 n, i64 heads, i64 width) { return buffer<float>(heads == 1 ? 0 : n * width); }
 
 void scatter_head(const float* rows, float* x, i64 n, i64 heads, i64 width, i64 b) {
     if (heads == 1) return;
@@ -261,11 +284,11 @@ void lsh_cumulation(const C* q_codes, const C* k_codes, i64 n_b, i64 m, i64 n_q,
     const float scale = 1.0f / float(m);
     const i64 key_scratch = n_buckets, query_scratch = n_buckets + 1, rows = n_buckets + 2;
     struct CumulationScratch {
-        std::vector<float> v, tables, acc;
+        buffer<float> v, tables, acc;
     };
     auto scratch = per_thread(threads, [&] {
-        return CumulationScratch{head_scratch(n_k, heads, dv), std::vector<float>(2 * rows * dv),
-                                 std::vector<float>(n_q * dv)};
+        return CumulationScratch{head_scratch(n_k, heads, dv), buffer<float>(2 * rows * dv),
+                                 buffer<float>(n_q * dv)};
     });
 #pragma omp parallel num_threads(threads)
     {
@@ -320,8 +343,8 @@ struct HeadRows {
 
 // Counting sort of the unmasked indices by code: bucket c holds order[start[c]:start[c + 1]].
 template <typename C>
-void bucket_sort(const C* codes, const u8* mask, i64 n, i64 n_buckets, std::vector<i64>& start,
-                 std::vector<i64>& fill, std::vector<i64>& order) {
+void bucket_sort(const C* codes, const u8* mask, i64 n, i64 n_buckets, buffer<i64>& start,
+                 buffer<i64>& fill, buffer<i64>& order) {
     std::fill(start.begin(), start.end(), 0);
     for (i64 i = 0; i < n; ++i)
         if (mask[i]) ++start[i64(codes[i]) + 1];
@@ -387,8 +410,8 @@ inline void pair_update(const HeadRows& r, i64 i, i64 j, float* acc_q) {
 
 // Per-thread scratch of the weighted backwards.
 struct Scratch {
-    std::vector<float> q, k, v, dout, dq, dk, a_mat, b_mat, acc;
-    std::vector<i64> q_start, k_start, fill, q_order, k_order;
+    buffer<float> q, k, v, dout, dq, dk, a_mat, b_mat, acc;
+    buffer<i64> q_start, k_start, fill, q_order, k_order;
     Scratch(i64 n_q, i64 n_k, i64 heads, i64 d, i64 dv, i64 n_buckets)
         : q(head_scratch(n_q, heads, d)), k(head_scratch(n_k, heads, d)), v(head_scratch(n_k, heads, dv)),
           dout(head_scratch(n_q, heads, dv)), dq(head_scratch(n_q, heads, d)), dk(head_scratch(n_k, heads, d)),
@@ -460,13 +483,13 @@ void lsh_weighted_backward_sparse(const C* q_codes, const C* k_codes, i64 n_b, i
     const i64 min_crowd = 2 * d * dv / (dv + 2 * d);  // no bucket of at most this many keys is crowded
     struct SparseScratch {
         Scratch rows;
-        std::vector<int32_t> first, count, next, q_count;
-        std::vector<u8> has_crowded;
+        buffer<int32_t> first, count, next, q_count;
+        buffer<u8> has_crowded;
     };
     auto scratch = per_thread(threads, [&] {
-        return SparseScratch{Scratch(n_q, n_k, heads, d, dv, n_buckets), std::vector<int32_t>(m * n_buckets),
-                             std::vector<int32_t>(m * n_buckets), std::vector<int32_t>(m * n_k),
-                             std::vector<int32_t>(n_buckets), std::vector<u8>(m)};
+        return SparseScratch{Scratch(n_q, n_k, heads, d, dv, n_buckets), buffer<int32_t>(m * n_buckets),
+                             buffer<int32_t>(m * n_buckets), buffer<int32_t>(m * n_k),
+                             buffer<int32_t>(n_buckets), buffer<u8>(m)};
     });
 #pragma omp parallel num_threads(threads)
     {
@@ -591,10 +614,10 @@ YOSO_FOR_CODES(YOSO_CODE_KERNELS)
 
 // In place: cos (B, L, S) -> k_mask * (1 - acos(clamp(cos)) / pi) ** tau; k_mask float (B, S).
 YOSO_EXPORT void collision_prob(float* cos, const float* k_mask, i64 n_b, i64 n_l, i64 n_s, i64 tau, int threads) {
-    auto scratch = per_thread(threads, [&] { return std::vector<float>(n_s); });
+    auto scratch = per_thread(threads, [&] { return buffer<float>(n_s); });
 #pragma omp parallel num_threads(threads)
     {
-        std::vector<float>& base = scratch[omp_get_thread_num()];
+        buffer<float>& base = scratch[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (i64 t = 0; t < n_b * n_l; ++t) {
             float* row = cos + t * n_s;
@@ -610,7 +633,7 @@ YOSO_EXPORT void collision_prob(float* cos, const float* k_mask, i64 n_b, i64 n_
 YOSO_EXPORT void collision_prob_and_weight(float* cos, float* dov, const float* k_mask, i64 n_b, i64 n_l, i64 n_s,
                                            i64 tau, int exact, float eps, int threads) {
     const float half_tau = float(tau) / 2.0f;
-    auto scratch = per_thread(threads, [&] { return std::vector<float>(2 * n_s); });
+    auto scratch = per_thread(threads, [&] { return buffer<float>(2 * n_s); });
 #pragma omp parallel num_threads(threads)
     {
         float* base = scratch[omp_get_thread_num()].data();
