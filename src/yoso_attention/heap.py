@@ -105,7 +105,7 @@ def reserve_matmul_buffers(weight_shapes: Iterable[tuple[int, int]], rows: int) 
     peak 7 MB above softmax's, decided by which product ran first; docs/studies.md). This runs, once, the three
     products of training with every (out_features, in_features) weight shape, x W^T + b (forward), g W (input
     gradient) and g^T x (weight gradient), on min(rows, MATMUL_BUFFER_ROWS) rows of zeros, largest shapes first:
-    smaller products then reuse their buffers (MQAR's weights: 21 MB kept in all, where ascending order kept 45
+    smaller products then reuse their buffers (MQAR's weights: 17 MB kept in all, where ascending order kept 45
     and a training step's own order 30). Elsewhere (other BLAS libraries) it costs a few products, no memory.
     """
     import torch

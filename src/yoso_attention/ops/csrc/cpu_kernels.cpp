@@ -5,9 +5,9 @@
 //
 // Arrays are C-contiguous: rows (batch, n, heads, width) float32, codes (B, m, n) of type C (uint8, int16 or
 // int32, by tau), masks (B, n) of bytes, B = batch * heads with row b = [b / heads, :, b % heads]. Every kernel
-// is parallel over B (or B x blocks) with its scratch allocated once per thread, by the calling thread (per_thread).
-// Built with reassociation
-// allowed (vectorised sums) but without -ffinite-math-only: NaN and inf keep their IEEE meaning.
+// is parallel over B (or B x blocks) with its scratch allocated once per thread, by the calling thread and on cache
+// lines of its own (per_thread, buffer). Built with reassociation allowed (vectorised sums) but without
+// -ffinite-math-only: NaN and inf keep their IEEE meaning.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
