@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
+import mmap
 import os
 import sys
 from collections.abc import Iterable
@@ -122,9 +124,6 @@ def reserve_matmul_buffers(weight_shapes: Iterable[tuple[int, int]], rows: int) 
 def _mapped_zeros(*shape: int):
     """A float32 tensor of zeros on pages mapped for it (unmapped when it is freed): never in the heap, so that
     the buffers made beside it land where nothing else will be freed."""
-    import math
-    import mmap
-
     import torch
 
     return torch.frombuffer(mmap.mmap(-1, 4 * math.prod(shape)), dtype=torch.float32).view(shape)

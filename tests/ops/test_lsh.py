@@ -83,6 +83,19 @@ def weighted_sums_case(codes: str):
     return inputs, pairs @ v.double().nan_to_num() / m, w @ kn, w.transpose(1, 2) @ qn
 
 
+def weighted_sums(kernel: str, x: dict, rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dq, dk) that ``kernel`` of the active CPU kernel set writes for the inputs x of ``weighted_sums_case``, with
+    q, k, v and dout passed as rows(t) (B, n, width) -> (batch, n, heads, width), the gradients in that layout."""
+    from yoso_attention.ops.backend import cpu_kernels
+
+    q, k, v, dout = (rows(x[name]) for name in ("q", "k", "v", "dout"))
+    dq, dk = torch.zeros(q.shape), torch.zeros(k.shape)
+    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), q, k, x["q_scale"],
+                                  x["k_scale"], v, dout, x["q_mask"], x["k_mask"])]  # fmt: skip
+    getattr(cpu_kernels(x["v"]), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
+    return dq, dk
+
+
 @pytest.mark.parametrize("codes", ["random", "crowded"])
 @pytest.mark.parametrize("kernel", ["lsh_weighted_backward", "lsh_weighted_backward_sparse"], ids=["bucket_major",
                                                                                                    "query_major"])
@@ -90,16 +103,13 @@ def weighted_sums_case(codes: str):
 def test_weighted_kernels_match_the_dense_formula(kernel, codes, kernel_set):
     """Both CPU kernels of each set, also where a bucket is crowded enough for their outer-product form; the unit
     rows are formed from raw rows and inverse norms as the kernels read them."""
-    from yoso_attention.ops.backend import cpu_kernels, use_kernels
+    from yoso_attention.ops.backend import use_kernels
 
     x, _, dq_want, dk_want = weighted_sums_case(codes)
-    dq, dk = torch.zeros(x["q"].shape), torch.zeros(x["k"].shape)
-    rows = [t[:, :, None] for t in (x["q"], x["k"], x["v"], x["dout"], dq, dk)]  # (B, n, heads = 1, width)
-    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), *rows[:2],
-                                  x["q_scale"], x["k_scale"], *rows[2:4], x["q_mask"], x["k_mask"])]  # fmt: skip
+    one_head = lambda t: t[:, :, None]  # (B, n, width) -> (B, n, heads = 1, width)
     with use_kernels(kernel_set):
-        getattr(cpu_kernels(x["v"]), kernel)(*arrays, 16, rows[4].numpy(), rows[5].numpy())
-    assert rel_err(dq, dq_want) < 1e-6 and rel_err(dk, dk_want) < 1e-6
+        dq, dk = weighted_sums(kernel, x, one_head)
+    assert rel_err(dq, one_head(dq_want)) < 1e-6 and rel_err(dk, one_head(dk_want)) < 1e-6
 
 
 @contextmanager
@@ -119,16 +129,12 @@ def test_compiled_weighted_kernels_gather_interleaved_heads_on_any_number_of_thr
     """Rows (batch 1, n, heads 2, width), as models pass them: each head is gathered into scratch that the calling
     thread made for every thread before the parallel region; one thread, or more threads than rows, gives the
     dense formula."""
-    from yoso_attention.ops.backend import cpu_kernels, use_kernels
+    from yoso_attention.ops.backend import use_kernels
 
     x, _, dq_want, dk_want = weighted_sums_case("crowded")
     as_heads = lambda t: t.transpose(0, 1)[None].contiguous()  # (B = heads, n, width) -> (1, n, heads, width)
-    dq, dk = torch.zeros(1, 37, 2, 5), torch.zeros(1, 53, 2, 5)
-    rows = [as_heads(x[name]) for name in ("q", "k", "v", "dout")]
-    arrays = [t.numpy() for t in (x["q_codes"].to(torch.int16), x["k_codes"].to(torch.int16), *rows[:2],
-                                  x["q_scale"], x["k_scale"], *rows[2:], x["q_mask"], x["k_mask"])]  # fmt: skip
     with use_kernels("compiled"), torch_threads(threads):
-        getattr(cpu_kernels(x["v"]), kernel)(*arrays, 16, dq.numpy(), dk.numpy())
+        dq, dk = weighted_sums(kernel, x, as_heads)
     assert rel_err(dq, as_heads(dq_want)) < 1e-6 and rel_err(dk, as_heads(dk_want)) < 1e-6
 
 
